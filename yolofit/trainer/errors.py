@@ -1,0 +1,53 @@
+"""How a rank's training can end, as the termination summary names it.
+
+Expected failures (bad input, a plan that does not fit the launch, an unsupported Ultralytics,
+SIGTERM) are reported as one line; anything else also prints its traceback.
+"""
+
+from __future__ import annotations
+
+import sys
+
+from yolofit.trainer.summary import ExitReason
+
+
+class TrainerFailure(Exception):
+    """An expected failure: its message says all (no traceback)."""
+
+    reason: ExitReason = "error"
+
+
+class DataMissing(TrainerFailure):
+    """The dataset or model file named by the plan does not exist (exit code 2)."""
+
+    reason = "data-missing"
+
+
+class PlanMismatch(TrainerFailure):
+    """The plan does not fit the launch (world size, accumulation): an operator bug (exit 1)."""
+
+
+class UnsupportedUltralytics(TrainerFailure):
+    """The installed Ultralytics is outside the range the trainer's overrides were made for."""
+
+
+class Terminated(TrainerFailure):
+    """SIGTERM (pod deletion): still leave a summary."""
+
+
+def is_cuda_oom(exc: BaseException) -> bool:
+    torch = sys.modules.get("torch")
+    if torch is not None and isinstance(exc, torch.OutOfMemoryError):
+        return True
+    text = str(exc).lower()
+    return "cuda" in text and "out of memory" in text
+
+
+def classify(exc: BaseException) -> tuple[ExitReason, str, bool]:
+    """(exit reason, one-line message, expected) of the exception that ended training."""
+    if isinstance(exc, TrainerFailure):
+        return exc.reason, str(exc), True
+    if is_cuda_oom(exc):
+        return "oom", str(exc).strip().splitlines()[0], True
+    text = f"{type(exc).__name__}: {exc}".strip().splitlines()
+    return "error", text[0] if text else type(exc).__name__, False

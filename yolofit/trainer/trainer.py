@@ -1,0 +1,377 @@
+"""DDP training of an Ultralytics YOLO detection model with Ultralytics' own DetectionTrainer.
+
+Ultralytics' trainer supports DDP only as it launches it itself: one node, CUDA only, world size =
+the number of devices in `device=`, its own process group. The pods the operator launches are
+already the DDP ranks (any nodes x GPUs, gloo on CPU). `YolofitTrainer` keeps Ultralytics' data
+pipeline, augmentation, loss, EMA, validation, checkpoints and results.csv, and changes only who
+owns the process group and what the world size is.
+
+The zero-loss trap this avoids: Ultralytics computes `world_size` from the device string - 0 on
+CPU, 1 for a single `device=0` - while ultralytics.utils.RANK comes from the environment. Under an
+externally started group (RANK set, CPU) its training loop runs `if RANK != -1: loss *=
+self.world_size`, i.e. loss * 0: every gradient is zero, the logged loss items look normal, and
+the weights only move by weight decay. It also builds no DistributedSampler unless LOCAL_RANK is
+set and wraps nothing in DDP, so ranks would train different data on different initial weights.
+Here world_size is the job's, LOCAL_RANK/RANK/WORLD_SIZE are exported before Ultralytics is
+imported, and the model is wrapped in DDP (gloo on CPU, NCCL on CUDA).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+from torch import nn
+from ultralytics.models.yolo.detect import DetectionTrainer
+
+from yolofit.trainer.config import TrainConfig, TrainerSettings
+from yolofit.trainer.ddp import Topology, init_process_group
+from yolofit.trainer.errors import DataMissing, PlanMismatch, UnsupportedUltralytics
+from yolofit.trainer.exporter import TrainerMetrics
+from yolofit.trainer.memory import MemoryTracker
+from yolofit.trainer.offline import block_downloads, offline_requested
+from yolofit.trainer.summary import Summary
+
+
+def _dataset_dirs(data_yaml: Path) -> list[Path]:
+    """The train/val directories a dataset YAML names, resolved as Ultralytics resolves them."""
+    from ultralytics.utils import DATASETS_DIR
+
+    data = yaml.safe_load(data_yaml.read_text()) or {}
+    root = Path(data.get("path") or data_yaml.parent)
+    if not root.is_absolute() and not root.exists():
+        root = DATASETS_DIR / root
+    dirs = []
+    for split in ("train", "val"):
+        entries = data.get(split)
+        if entries is None:
+            raise DataMissing(f"dataset {data_yaml} has no '{split}' entry")
+        for entry in entries if isinstance(entries, list) else [entries]:
+            dirs.append((root / entry).resolve())
+    return dirs
+
+
+def model_argument(model: str) -> str:
+    """The `model=` Ultralytics gets. A bare name such as 'yolov8s' (spec.model's short form)
+    means that model's YAML, trained from scratch: Ultralytics would download yolov8s.pt."""
+    return model if Path(model).suffix in {".pt", ".pth", ".yaml", ".yml"} else f"{model}.yaml"
+
+
+def check_inputs(cfg: TrainConfig) -> None:
+    """Fail with a message naming the path before Ultralytics would try to download it."""
+    data_yaml = Path(cfg.data)
+    if not data_yaml.is_file():
+        raise DataMissing(
+            f"dataset YAML not found: {data_yaml} (spec.data; is its volume mounted?)"
+        )
+    missing = [d for d in _dataset_dirs(data_yaml) if not d.exists()]
+    if missing:
+        raise DataMissing(f"dataset {data_yaml} names a missing path: {missing[0]}")
+    model = model_argument(cfg.model)
+    if model.endswith((".pt", ".pth")):
+        if not Path(model).is_file():
+            raise DataMissing(
+                f"model file not found: {model} (weights are never downloaded; mount "
+                "the checkpoint or use a model YAML such as yolov8n.yaml)"
+            )
+        return
+    from ultralytics.nn.tasks import yaml_model_load
+
+    try:
+        yaml_model_load(model)
+    except FileNotFoundError:
+        raise DataMissing(
+            f"model YAML not found: {model} (neither a file nor an Ultralytics model name)"
+        ) from None
+
+
+def check_bf16_support() -> None:
+    """Ultralytics takes amp='bf16' (autocast to bfloat16, no GradScaler) in 8.4.190; fail
+    clearly on a version in the supported range that does not."""
+    from ultralytics.cfg import get_cfg
+
+    try:
+        get_cfg(overrides={"amp": "bf16"})
+    except Exception as exc:  # noqa: BLE001 - any refusal means no bf16 switch
+        raise UnsupportedUltralytics(f"this Ultralytics has no amp='bf16': {exc}") from None
+
+
+def _ultralytics_amp(amp: str, device: torch.device) -> bool | str:
+    if device.type != "cuda" or amp == "off":
+        return False
+    return "bf16" if amp == "bf16" else True
+
+
+def ultralytics_overrides(cfg: TrainConfig, topo: Topology, device: torch.device) -> dict[str, Any]:
+    """Ultralytics train arguments for this rank (pure). `batch` is global: Ultralytics divides
+    it by the world size per rank and derives accumulate = round(nbs / batch)."""
+    return {
+        **cfg.extra_args,
+        "model": model_argument(cfg.model),
+        "data": cfg.data,
+        "imgsz": cfg.imgsz,
+        "epochs": cfg.epochs,
+        "batch": cfg.global_batch(topo.world_size),
+        "nbs": cfg.nbs,
+        "optimizer": cfg.optimizer,
+        "amp": _ultralytics_amp(cfg.amp, device),
+        "device": "cpu" if device.type == "cpu" else str(device.index),
+        "project": cfg.project,
+        "name": cfg.name,
+        "exist_ok": True,
+        # Plots need the Arial font (a download) and matplotlib time; the trainer reports metrics.
+        "plots": cfg.extra_args.get("plots", False),
+    }
+
+
+class _CpuDDP(nn.parallel.DistributedDataParallel):
+    """Ultralytics passes device_ids=[device.index], i.e. [None] for CPU; DDP refuses that."""
+
+    def __init__(
+        self, module: nn.Module, device_ids: list[int | None] | None = None, **kwargs: Any
+    ) -> None:
+        super().__init__(module, device_ids=None if device_ids == [None] else device_ids, **kwargs)
+
+
+@contextlib.contextmanager
+def _cpu_ddp(device: torch.device) -> Iterator[None]:
+    if device.type != "cpu":
+        yield
+        return
+    original = nn.parallel.DistributedDataParallel
+    nn.parallel.DistributedDataParallel = _CpuDDP  # type: ignore[misc, assignment]
+    try:
+        yield
+    finally:
+        nn.parallel.DistributedDataParallel = original  # type: ignore[misc]
+
+
+class YolofitTrainer(DetectionTrainer):  # type: ignore[misc]
+    """DetectionTrainer whose ranks and process group come from the pod, not from `device=`."""
+
+    def __init__(self, run: RunState, overrides: dict[str, Any]) -> None:
+        self.run_state = run
+        super().__init__(overrides=overrides)
+        self.world_size = run.topo.world_size  # Ultralytics counted local devices (0 on CPU)
+        self.ddp = False  # never launch Ultralytics' own DDP subprocesses
+        self.add_callback("on_train_epoch_start", self._no_oom_batch_halving)
+
+    @staticmethod
+    def _no_oom_batch_halving(trainer: Any) -> None:
+        # After a CUDA OOM in the first epoch of a single-process run, Ultralytics halves the
+        # batch and retries unless it already retried 3 times. A job's batch is planned: the
+        # OOM must reach the operator, which re-plans with the same effective batch.
+        trainer._oom_retries = 3
+
+    def _setup_ddp(self) -> None:
+        # The process group is already joined (ddp.init_process_group); only pin the device.
+        if self.device.type == "cuda":
+            self.device = torch.device("cuda", self.run_state.topo.local_rank)
+            torch.cuda.set_device(self.device)
+
+    def _setup_train(self) -> None:
+        with _cpu_ddp(self.device):
+            super()._setup_train()
+
+    def get_model(self, cfg: Any = None, weights: Any = None, verbose: bool = True) -> Any:
+        model = super().get_model(cfg=cfg, weights=weights, verbose=verbose)
+        if self.run_state.cfg.checkpointing:
+            try:
+                from yolofit.estimator.checkpointing import apply_checkpointing
+            except ImportError as exc:
+                raise RuntimeError(
+                    "the plan asks for activation checkpointing but "
+                    "yolofit.estimator.checkpointing is unavailable"
+                ) from exc
+            self.run_state.checkpointed_modules = apply_checkpointing(model)
+        return model
+
+    def preprocess_batch(self, batch: dict[str, Any]) -> dict[str, Any]:
+        self.run_state.maybe_inject_oom()
+        return super().preprocess_batch(batch)
+
+    def final_eval(self) -> None:
+        if self.world_size <= 1:
+            return super().final_eval()
+        # Ultralytics' final re-validation of best.pt is collective: every rank must read
+        # best.pt, which only rank 0 wrote (pods do not share a disk), and on CPU a DDP rank's
+        # validator asks CUDA for its device. Per-epoch validation (all ranks, gathered on
+        # rank 0) has run; keep the part that shapes the checkpoints: strip optimizer state.
+        from ultralytics.utils import RANK
+        from ultralytics.utils.torch_utils import strip_optimizer
+
+        if RANK == 0:
+            ckpt = strip_optimizer(self.last) if self.last.exists() else {}
+            if self.best.exists():
+                strip_optimizer(self.best, updates={"train_results": ckpt.get("train_results")})
+        torch.distributed.barrier()
+        return None
+
+
+def state_hashes(model: nn.Module) -> dict[str, str]:
+    """SHA-256 of the parameters and of the buffers (BatchNorm statistics), separately."""
+    out = {}
+    for kind, items in (
+        ("parameters", model.named_parameters()),
+        ("buffers", model.named_buffers()),
+    ):
+        h = hashlib.sha256()
+        for name, t in sorted(items, key=lambda kv: kv[0]):
+            h.update(name.encode())
+            h.update(t.detach().float().cpu().contiguous().numpy().tobytes())
+        out[kind] = h.hexdigest()
+    return out
+
+
+class RunState:
+    """What one rank measures while Ultralytics trains: steps, timings, losses, memory."""
+
+    def __init__(
+        self,
+        settings: TrainerSettings,
+        topo: Topology,
+        device: torch.device,
+        metrics: TrainerMetrics | None,
+    ) -> None:
+        self.settings, self.cfg, self.topo, self.device = (
+            settings,
+            settings.train_config,
+            topo,
+            device,
+        )
+        self.metrics = metrics
+        self.memory = MemoryTracker(device)
+        self.steps = 0
+        self.images = 0
+        self.train_seconds = 0.0
+        self.losses: list[float] = []
+        self.accumulate: int | None = None
+        self.batch_per_rank: int | None = None
+        self.checkpointed_modules = 0
+        self._t_prev = time.perf_counter()
+
+    def maybe_inject_oom(self) -> None:
+        s = self.settings
+        if s.inject_oom_at_step == self.steps and s.inject_oom_rank in (None, self.topo.rank):
+            raise torch.OutOfMemoryError(
+                f"CUDA out of memory (injected by YOLOFIT_INJECT_OOM_AT_STEP={self.steps} on rank "
+                f"{self.topo.rank})"
+            )
+
+    def on_train_start(self, trainer: Any) -> None:
+        self.accumulate = trainer.accumulate  # nominal; warmup ramps up to it
+        self.batch_per_rank = trainer.train_loader.batch_size
+
+    def on_train_epoch_start(self, trainer: Any) -> None:
+        self._t_prev = time.perf_counter()
+        if self.metrics:
+            self.metrics.epoch.set(trainer.epoch + 1)
+
+    def on_train_batch_end(self, trainer: Any) -> None:
+        now = time.perf_counter()
+        dt, self._t_prev = now - self._t_prev, now  # includes waiting for data
+        images = self.batch_per_rank or 0
+        self.steps += 1
+        self.images += images
+        self.train_seconds += dt
+        self.losses.append(float(trainer.loss.detach()))
+        self.memory.sample()
+        if self.metrics:
+            items = {k: float(v) for k, v in (trainer.loss_items or {}).items()}
+            self.metrics.observe_step(dt, images, items)
+            self.metrics.set_memory(self.memory.peaks())
+
+    @property
+    def images_per_second(self) -> float:
+        return self.images / self.train_seconds if self.train_seconds else 0.0
+
+    def report(self, trainer: Any, path: Path) -> None:
+        """rank-<r>.json: evidence that the ranks trained one model (weights hash) for real."""
+        from ultralytics.utils.torch_utils import unwrap_model
+
+        data = {
+            "rank": self.topo.rank,
+            "world_size": trainer.world_size,
+            "batch_per_rank": self.batch_per_rank,
+            "accumulate": self.accumulate,
+            "nbs": trainer.args.nbs,
+            "steps": self.steps,
+            "losses": self.losses,
+            "model": state_hashes(unwrap_model(trainer.model)),
+            "ema": state_hashes(trainer.ema.ema) if trainer.ema else None,
+            "checkpointed_modules": self.checkpointed_modules,
+            "save_dir": str(trainer.save_dir),
+            "amp": bool(trainer.amp),
+        }
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(data, indent=1))
+
+
+def select_device(settings: TrainerSettings, topo: Topology) -> torch.device:
+    want_cuda = settings.device == "cuda" or (
+        settings.device == "auto" and torch.cuda.is_available()
+    )
+    if not want_cuda:
+        return torch.device("cpu")
+    if topo.local_rank >= torch.cuda.device_count():
+        raise RuntimeError(
+            f"local rank {topo.local_rank} has no GPU: {torch.cuda.device_count()} visible"
+        )
+    return torch.device("cuda", topo.local_rank)
+
+
+def train(
+    settings: TrainerSettings, topo: Topology, summary: Summary, metrics: TrainerMetrics | None
+) -> RunState:
+    """Train this rank. Raises on failure; `summary` is filled as far as training got."""
+    if offline_requested():
+        block_downloads()
+    cfg = settings.train_config
+    check_inputs(cfg)
+    try:
+        cfg.check_world(topo.world_size)
+    except ValueError as exc:
+        raise PlanMismatch(str(exc)) from None
+    device = select_device(settings, topo)
+    if ultralytics_overrides(cfg, topo, device)["amp"] == "bf16":
+        check_bf16_support()
+    run = RunState(settings, topo, device, metrics)
+    summary.memory_kind = run.memory.kind
+    if metrics:
+        metrics.estimated.set(cfg.estimate_bytes)
+    if topo.distributed:
+        init_process_group(topo, device.type, cfg.ddp_timeout_seconds)
+    try:
+        trainer = YolofitTrainer(run, ultralytics_overrides(cfg, topo, device))
+        for event in ("on_train_start", "on_train_epoch_start", "on_train_batch_end"):
+            trainer.add_callback(event, getattr(run, event))
+        try:
+            trainer.train()
+        finally:
+            _fill(summary, run)
+        report_dir = settings.rank_report_dir or Path(trainer.save_dir) / "yolofit"
+        run.report(trainer, report_dir / f"rank-{topo.rank}.json")
+    finally:
+        if topo.distributed and torch.distributed.is_initialized():
+            with contextlib.suppress(Exception):
+                torch.distributed.destroy_process_group()
+    return run
+
+
+def _fill(summary: Summary, run: RunState) -> None:
+    peaks = run.memory.peaks()
+    summary.memory_kind = peaks.kind
+    summary.peak_allocated_bytes = peaks.peak_allocated_bytes
+    summary.peak_reserved_bytes = peaks.peak_reserved_bytes
+    summary.device_total_bytes = peaks.device_total_bytes
+    summary.steps = run.steps
+    summary.images_per_second = run.images_per_second
+    if run.metrics:
+        run.metrics.set_memory(peaks)
