@@ -1,0 +1,158 @@
+"""Model identity without torch: which Ultralytics config a model name or file means.
+
+`resolve_model` mirrors `ultralytics.nn.tasks.yaml_model_load` (lookup in the package's
+cfg/models, the P6 rename, the scale letter) with PyYAML only, and `config_hash` hashes the
+resulting dict, so the planner (in the webhook) and the tracer agree on a profile's
+`config_hash` without either importing torch. Only a .pt whose name is not a shipped model
+is unpickled (torch, lazily).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import json
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+
+@dataclass(frozen=True)
+class ModelRef:
+    """A model as the user named it, resolved to its config: `name` for display,
+    `config_hash` for identity, `path` to the YAML (or .pt) it came from."""
+
+    name: str
+    config_hash: str
+    path: Path
+    config: dict[str, Any]
+
+
+class UnknownModel(ValueError):
+    """The model is neither a shipped Ultralytics YAML nor an existing local file."""
+
+
+def config_hash(config: Mapping[str, Any]) -> str:
+    """12 hex digits of sha256 over the model dict (as `yaml_model_load` returns it) minus
+    the entries that do not change the architecture's memory: `yaml_file`, `nc` (keyed
+    separately), `ch`/`channels` (DetectionModel adds it; RGB input is 3) and the scales not
+    in use."""
+    d = {k: v for k, v in config.items() if k not in ("yaml_file", "nc", "ch", "channels")}
+    scales = d.get("scales")
+    if isinstance(scales, dict) and d.get("scale") in scales:
+        d["scales"] = {d["scale"]: scales[d["scale"]]}
+    text = json.dumps(d, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:12]
+
+
+def ultralytics_models_dir() -> Path:
+    """Ultralytics' cfg/models directory, found without importing ultralytics (or torch)."""
+    spec = importlib.util.find_spec("ultralytics")
+    if spec is None or spec.origin is None:
+        raise UnknownModel("ultralytics is not installed")
+    return Path(spec.origin).parent / "cfg" / "models"
+
+
+def _shipped_yaml_index() -> dict[str, Path]:
+    return {p.name: p for p in sorted(ultralytics_models_dir().rglob("*.yaml"))}
+
+
+_yaml_index_cache: dict[str, Path] | None = None
+
+
+def shipped_yaml_index() -> dict[str, Path]:
+    global _yaml_index_cache
+    if _yaml_index_cache is None:
+        _yaml_index_cache = _shipped_yaml_index()
+    return _yaml_index_cache
+
+
+def _scale(stem: str) -> str:
+    # Same rule as ultralytics.nn.tasks.guess_model_scale.
+    m = re.search(r"yolo(e-)?[v]?\d+([nslmx])", stem)
+    return m.group(2) if m else ""
+
+
+def _find_yaml(model: str) -> Path | None:
+    """Mirror ultralytics.nn.tasks.yaml_model_load's lookup: the file itself, else the
+    scale-less family file (yolov8s.yaml -> yolov8.yaml; yolov5su.yaml -> yolov5u.yaml,
+    which Ultralytics serves from yolov5.yaml)."""
+    path = Path(model)
+    if path.is_file():
+        return path
+    index = shipped_yaml_index()
+    if path.name in index:
+        return index[path.name]
+    unified = re.sub(r"(\d+)([nslmx])(.+)?$", r"\1\3", path.name)
+    for candidate in (unified, re.sub(r"u\.yaml$", ".yaml", unified)):
+        if candidate in index:
+            return index[candidate]
+    return None
+
+
+def _normalise(model: str) -> str:
+    name = model if model.endswith((".yaml", ".yml", ".pt")) else model + ".yaml"
+    stem = Path(name).stem
+    if stem in (f"yolov{d}{x}6" for x in "nsmlx" for d in (5, 8)):  # Ultralytics' P6 rename
+        stem = re.sub(r"(\d+)([nslmx])6(.+)?$", r"\1\2-p6\3", stem)
+        name = str(Path(name).with_name(stem + Path(name).suffix))
+    return name
+
+
+def model_name(model: str) -> str:
+    """The display name a key carries: 'yolov8s.yaml' -> 'yolov8s', 'yolov8s6' -> 'yolov8s-p6'."""
+    return Path(_normalise(model)).stem
+
+
+def resolve_model(model: str) -> ModelRef:
+    """Resolve 'yolov8s.yaml', 'yolo11m', 'path/to/custom.yaml', 'yolov8s.pt' or 'best.pt'.
+
+    YAMLs are read with PyYAML only. A .pt named like a shipped model takes that YAML's
+    identity; any other .pt is unpickled with torch (imported lazily, once per model)."""
+    name = _normalise(model)
+    stem = Path(name).stem
+    if name.endswith(".pt"):
+        # Ultralytics' released weights (yolov8s.pt, yolo11m.pt, ...) are built from the
+        # shipped YAML of the same name: use its identity without torch (a webhook must not
+        # import it). Memory does not depend on weight values; nc is keyed separately.
+        shipped = _find_yaml(Path(name).with_suffix(".yaml").name)
+        if shipped is None:
+            return _resolve_pt(Path(name))
+        name = Path(name).with_suffix(".yaml").name
+    found = _find_yaml(name)
+    if found is None:
+        raise UnknownModel(f"unknown model {model!r}")
+    import yaml  # PyYAML, no torch
+
+    try:
+        config = yaml.safe_load(found.read_text())
+    except (OSError, yaml.YAMLError) as exc:
+        raise UnknownModel(f"cannot read {str(found)!r}: {str(exc).splitlines()[0]}") from None
+    if not isinstance(config, dict) or "backbone" not in config or "head" not in config:
+        raise UnknownModel(f"{str(found)!r} is not an Ultralytics model YAML "
+                           "(no backbone/head)")
+    config = dict(config)
+    config["scale"] = _scale(stem)
+    return ModelRef(name=stem, config_hash=config_hash(config), path=found, config=config)
+
+
+def _resolve_pt(path: Path) -> ModelRef:
+    if not path.is_file():
+        raise UnknownModel(f"model file {str(path)!r} does not exist")
+    import torch  # lazy: only the CLI resolves .pt files
+
+    ckpt = torch.load(path, map_location="cpu", weights_only=False)
+    model = (ckpt.get("ema") or ckpt.get("model")) if isinstance(ckpt, dict) else ckpt
+    config = dict(getattr(model, "yaml", None) or {})
+    if not config:
+        raise UnknownModel(f"{str(path)!r} holds no Ultralytics model config")
+    return ModelRef(name=path.stem, config_hash=config_hash(config), path=path, config=config)
+
+
+def model_families() -> list[str]:
+    """Detection model families Ultralytics ships, for error messages."""
+    other_tasks = r"-(cls|seg|pose|obb|sem|depth|world|worldv2)|rtdetr|yoloe"
+    return sorted({re.sub(r"\.yaml$", "", n) for n in shipped_yaml_index()
+                   if not re.search(other_tasks, n)})
