@@ -1,0 +1,79 @@
+"""Fixtures for the operator's integration tests: the CRDs, hand-made profiles, and one
+`yolofit operator` subprocess (webhooks on 127.0.0.1) shared by the module's tests."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+HERE = Path(__file__).parent
+REPO = HERE.parents[1]
+sys.path.insert(0, str(HERE))
+
+from opfixtures import make_profiles  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def crds(kubectl: Callable[..., Any]) -> None:
+    kubectl("apply", "-f", str(REPO / "deploy" / "crds"))
+    kubectl("wait", "--for=condition=Established", "--timeout=60s",
+            "crd/yolotrainingjobs.yolofit.io", "crd/gpucapacitypolicies.yolofit.io")
+
+
+@pytest.fixture(scope="session")
+def profile_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    d = tmp_path_factory.mktemp("profiles")
+    make_profiles(d, "yolov8n", fixed_gib=1.0, per_sample_mib=200)
+    make_profiles(d, "yolov8x", fixed_gib=20.0, per_sample_mib=2048)
+    return d
+
+
+# Module scope: the operator stops (and kopf removes its webhook configurations) when the
+# module's tests end, so other test packages on the same sandbox never meet it.
+@pytest.fixture(scope="module")
+def operator(sandbox: Any, crds: None, kubectl: Callable[..., Any], profile_dir: Path,
+             tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    from yolofit.operator.testing import OperatorProcess
+
+    kubectl("create", "namespace", "yolofit-system", check=False)
+    op = OperatorProcess(
+        sandbox.kubeconfig, tmp_path_factory.mktemp("operator"),
+        env={"YOLOFIT_PROFILE_DIR": str(profile_dir),
+             "YOLOFIT_OPERATOR_PROFILE_BUILDER": "opfixtures:build_profile",
+             "YOLOFIT_OPERATOR_QUEUE_INTERVAL": "0.5",
+             "PYTHONPATH": str(HERE)})
+    op.start()
+    try:
+        yield op
+    finally:
+        op.stop(kubectl)
+        kubectl("delete", "gpucapacitypolicy", "default", "--ignore-not-found", check=False)
+
+
+@pytest.fixture
+def policy(operator: Any, kubectl: Callable[..., Any]) -> Iterator[Callable[..., None]]:
+    """set(rules): apply the `default` GPUCapacityPolicy and wait until the operator saw it."""
+
+    def apply(namespaces: list[dict[str, Any]], **spec: Any) -> None:
+        body = {"apiVersion": "yolofit.io/v1alpha1", "kind": "GPUCapacityPolicy",
+                "metadata": {"name": "default"}, "spec": {"namespaces": namespaces, **spec}}
+        out = json.loads(kubectl("apply", "-o", "json", "-f", "-",
+                                 input=json.dumps(body)).stdout)
+        generation = out["metadata"]["generation"]
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            got = kubectl("get", "gpucapacitypolicy", "default", "-o",
+                          "jsonpath={.status.observedGeneration}").stdout
+            if got and int(got) >= generation:
+                return
+            time.sleep(0.1)
+        raise AssertionError("the operator did not observe the policy")
+
+    yield apply
+    kubectl("delete", "gpucapacitypolicy", "default", "--ignore-not-found", check=False)

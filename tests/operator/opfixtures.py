@@ -1,0 +1,34 @@
+"""Hand-made memory profiles for tests (no tracing): linear terms chosen per test."""
+
+from __future__ import annotations
+
+from yolofit.estimator.profile import Profile, ProfileKey, Terms
+from yolofit.operator.testing import write_synthetic_profiles as make_profiles
+
+__all__ = ["build_profile", "make_profiles", "summary"]
+
+GiB = 2**30
+MiB = 2**20
+
+
+def build_profile(key: ProfileKey) -> Profile:
+    """A stand-in tracer for the operator's Profiling path (YOLOFIT_OPERATOR_PROFILE_BUILDER
+    =opfixtures:build_profile): a small profile for any key, after a short pause."""
+    import time
+
+    time.sleep(1.0)
+    per_sample = int(150 * MiB * (0.5 if key.checkpointing else 1.0))
+    return Profile(key=key, params=11_000_000, allocated=Terms(GiB, per_sample, 1024),
+                   reserved=Terms(int(1.1 * GiB), int(per_sample * 1.1), 1024),
+                   breakdown={"activations": Terms(0, per_sample)}, source="test-builder")
+
+
+def summary(rank: int, peak: int, reason: str = "completed", message: str = "",
+            kind: str = "cuda") -> str:
+    """A trainer termination summary (ARCHITECTURE.md contract) as JSON."""
+    import json
+
+    return json.dumps({"rank": rank, "memory_kind": kind, "peak_allocated_bytes": peak - 2**29,
+                       "peak_reserved_bytes": peak - 2**28, "device_total_bytes": peak,
+                       "steps": 10, "images_per_second": 12.5, "exit_reason": reason,
+                       "message": message})

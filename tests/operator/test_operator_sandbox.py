@@ -1,0 +1,247 @@
+"""The operator on the real sandbox, driven as in production: `yolofit operator` as a
+subprocess with its webhooks registered at https://127.0.0.1:<port>, kubectl applies,
+kwok nodes standing in for GPU nodes, pods finished through the sandbox's kwok stages."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+from opfixtures import summary
+
+from yolofit.sandbox.testing import finish_pod, wait_for
+
+pytestmark = pytest.mark.integration
+GiB = 2**30
+
+
+def job_yaml(name: str, namespace: str, model: str = "yolov8n", nodes: int = 2,
+             per_node: int = 4, **spec: Any) -> str:
+    body = {"apiVersion": "yolofit.io/v1alpha1", "kind": "YOLOTrainingJob",
+            "metadata": {"name": name, "namespace": namespace},
+            "spec": {"model": model, "data": "/data/coco8.yaml",
+                     "gpus": {"nodes": nodes, "perNode": per_node}, **spec}}
+    return json.dumps(body)
+
+
+def apply(kubectl: Callable[..., Any], text: str, check: bool = True) -> Any:
+    result = kubectl("apply", "-o", "json", "-f", "-", input=text, check=check)
+    return json.loads(result.stdout) if result.returncode == 0 else result
+
+
+def get_job(kubectl: Callable[..., Any], ns: str, name: str) -> dict[str, Any]:
+    return json.loads(kubectl("get", "ytj", "-n", ns, name, "-o", "json").stdout)
+
+
+def phase_is(kubectl: Callable[..., Any], ns: str, name: str, phase: str) -> Callable[[], Any]:
+    def check() -> Any:
+        job = get_job(kubectl, ns, name)
+        return job if (job.get("status") or {}).get("phase") == phase else None
+    return check
+
+
+def pods_of(kube: Any, ns: str, job: str) -> list[Any]:
+    return sorted(kube.list_namespaced_pod(ns, label_selector=f"yolofit.io/job={job}").items,
+                  key=lambda p: p.metadata.name)
+
+
+def running_pods(kube: Any, ns: str, job: str, n: int) -> Callable[[], Any]:
+    def check() -> Any:
+        pods = pods_of(kube, ns, job)
+        live = [p for p in pods if p.metadata.deletion_timestamp is None]
+        return live if len(live) == n and all(
+            p.status.phase == "Running" for p in live) else None
+    return check
+
+
+def finish_all(kube: Any, ns: str, job: str, peak: int = 3 * GiB) -> None:
+    for i, pod in enumerate(pods_of(kube, ns, job)):
+        finish_pod(kube, ns, pod.metadata.name, 0, message=summary(i, peak + i))
+
+
+def test_apply_returns_plan_pods_run_and_job_succeeds(operator: Any, kubectl: Any, kube: Any,
+                                                      namespace: str) -> None:
+    out = apply(kubectl, job_yaml("fit", namespace, args={"lr0": 0.02}))
+    plan = out["spec"]["plan"]  # the apply response already carries the plan
+    assert plan["gpuClass"] == "t4" and plan["gpus"] == 8
+    assert plan["batchPerGpu"] * plan["gpus"] * plan["accumulate"] == 64
+    assert plan["amp"] == "fp16" and plan["predictedDeviceBytes"] <= plan["usableBytes"]
+
+    pods = wait_for(running_pods(kube, namespace, "fit", 2), 30, what="2 running pods")
+    assert [p.metadata.name for p in pods] == ["fit-worker-0", "fit-worker-1"]
+    for rank, pod in enumerate(pods):
+        assert pod.spec.node_name.startswith("t4-")
+        assert pod.spec.node_selector == {"nvidia.com/gpu.product": "Tesla-T4"}
+        assert any(t.key == "nvidia.com/gpu" for t in pod.spec.tolerations)
+        assert not pod.spec.scheduling_gates
+        c = pod.spec.containers[0]
+        assert c.resources.limits["nvidia.com/gpu"] == "4"
+        env = {e.name: e.value for e in c.env}
+        assert env["MASTER_ADDR"] == f"fit-worker-0.fit.{namespace}.svc"
+        assert env["MASTER_PORT"] == env["PET_MASTER_PORT"] == "23456"
+        assert env["WORLD_SIZE"] == "8" and env["RANK"] == env["PET_NODE_RANK"] == str(rank)
+        assert env["PET_NNODES"] == "2" and env["PET_NPROC_PER_NODE"] == "4"
+        assert env["PYTORCH_CUDA_ALLOC_CONF"] == "expandable_segments:True"
+        cfg = json.loads(env["YOLOFIT_TRAIN_CONFIG"])
+        assert cfg["batch_per_gpu"] == plan["batchPerGpu"] and cfg["args"] == {"lr0": 0.02}
+        assert pod.metadata.owner_references[0].kind == "YOLOTrainingJob"
+        assert pod.metadata.annotations["prometheus.io/scrape"] == "true"
+    svc = kube.read_namespaced_service("fit", namespace)
+    assert svc.spec.cluster_ip == "None"
+    wait_for(phase_is(kubectl, namespace, "fit", "Running"), 20, what="job Running")
+
+    finish_all(kube, namespace, "fit", peak=4 * GiB)
+    job = wait_for(phase_is(kubectl, namespace, "fit", "Succeeded"), 30, what="job Succeeded")
+    measured = job["status"]["measured"]
+    assert [r["rank"] for r in measured["ranks"]] == [0, 1]
+    assert measured["maxPeakBytes"] == 4 * GiB + 1
+    assert measured["relativeError"] == pytest.approx(
+        (4 * GiB + 1 - plan["predictedDeviceBytes"]) / plan["predictedDeviceBytes"], abs=1e-3)
+    conds = {c["type"]: c for c in job["status"]["conditions"]}
+    assert conds["Succeeded"]["status"] == "True" and conds["Admitted"]["status"] == "True"
+    assert job["status"]["observedGeneration"] == job["metadata"]["generation"]
+    table = kubectl("get", "ytj", "-n", namespace).stdout
+    assert "BATCH/GPU" in table and "4.0 GiB" in table and "Succeeded" in table
+    assert 'yolofit_estimate_error_ratio_count{gpu_class="t4"}' in operator.metrics()
+
+
+def test_kubectl_explain_shows_the_model_descriptions(operator: Any, kubectl: Any) -> None:
+    out = kubectl("explain", "ytj.spec.gpus.perNode").stdout
+    assert "GPUs per pod (nvidia.com/gpu limit)" in out
+    out = kubectl("explain", "ytj.spec").stdout
+    assert "admission fills `plan`" in out and "Ultralytics model" in out
+
+
+def test_impossible_job_is_refused_with_the_numbers(operator: Any, kubectl: Any,
+                                                    namespace: str, policy: Any) -> None:
+    policy([{"namespace": namespace, "allowedClasses": ["t4"]}])
+    result = apply(kubectl, job_yaml("huge", namespace, model="yolov8x", nodes=1, per_node=1),
+                   check=False)
+    assert result.returncode != 0
+    err = result.stderr
+    assert "denied the request" in err and "yolov8x" in err and "GiB" in err
+    assert f"largest class allowed in namespace {namespace} (t4)" in err
+    assert "it would fit on a100-80gb" in err
+    fleet = kubectl("get", "gpucapacitypolicy", "default", "-o",
+                    "jsonpath={.status.fleet[*].name}").stdout.split()
+    assert fleet == ["t4", "a100-80gb", "h100-80gb", "h200"]  # discovered, smallest first
+
+
+def test_malformed_spec_is_refused_by_the_schema(operator: Any, kubectl: Any,
+                                                 namespace: str) -> None:
+    result = apply(kubectl, job_yaml("bad", namespace, epochs=0, imgsz=641), check=False)
+    assert result.returncode != 0
+    assert "spec.epochs" in result.stderr and "spec.imgsz" in result.stderr
+
+
+def test_unknown_ultralytics_argument_is_refused_by_name(operator: Any, kubectl: Any,
+                                                         namespace: str) -> None:
+    result = apply(kubectl, job_yaml("typo", namespace, args={"mosiac": 0.5}), check=False)
+    assert result.returncode != 0
+    assert "spec.args.mosiac" in result.stderr and "'mosaic'" in result.stderr
+
+
+def test_pinned_class_not_allowed_is_refused(operator: Any, kubectl: Any, namespace: str,
+                                             policy: Any) -> None:
+    policy([{"namespace": namespace, "allowedClasses": ["t4"]}])
+    result = apply(kubectl, job_yaml("pin", namespace, gpuClass="h200", nodes=1), check=False)
+    assert result.returncode != 0
+    assert "spec.gpuClass" in result.stderr and "not allowed" in result.stderr
+
+
+def test_quota_queues_and_releases(operator: Any, kubectl: Any, kube: Any, namespace: str,
+                                   policy: Any) -> None:
+    policy([{"namespace": namespace, "maxGpusAdmitted": 8}])
+    apply(kubectl, job_yaml("first", namespace))  # 8 GPUs
+    wait_for(running_pods(kube, namespace, "first", 2), 30, what="first job's pods")
+    apply(kubectl, job_yaml("second", namespace, nodes=1, per_node=4))
+    job = wait_for(phase_is(kubectl, namespace, "second", "Queued"), 20, what="second Queued")
+    assert "8 of 8 GPUs" in job["status"]["message"]
+    assert not pods_of(kube, namespace, "second")
+    finish_all(kube, namespace, "first")
+    wait_for(phase_is(kubectl, namespace, "first", "Succeeded"), 30, what="first Succeeded")
+    wait_for(running_pods(kube, namespace, "second", 1), 30, what="second job's pod after release")
+    reasons = kubectl("get", "events", "-n", namespace, "-o",
+                      "jsonpath={.items[*].reason}").stdout.split()
+    assert "Queued" in reasons and "Admitted" in reasons
+
+
+def test_kill_9_mid_launch_then_restart(operator: Any, kubectl: Any, kube: Any,
+                                        namespace: str) -> None:
+    apply(kubectl, job_yaml("crash", namespace, nodes=4, per_node=1))
+    wait_for(lambda: pods_of(kube, namespace, "crash"), 20, what="the first pod")
+    operator.kill()
+    before = {p.metadata.name: p.metadata.uid for p in pods_of(kube, namespace, "crash")}
+    operator.start()
+    pods = wait_for(running_pods(kube, namespace, "crash", 4), 60, what="4 running pods")
+    assert [p.metadata.name for p in pods] == [f"crash-worker-{i}" for i in range(4)]
+    for p in pods:  # the pods made before the kill were kept, not replaced
+        assert before.get(p.metadata.name, p.metadata.uid) == p.metadata.uid
+    assert len(kube.list_namespaced_pod(namespace).items) == 4
+    finish_all(kube, namespace, "crash")
+    wait_for(phase_is(kubectl, namespace, "crash", "Succeeded"), 30, what="job Succeeded")
+
+
+def test_deleting_a_job_removes_its_children(operator: Any, kubectl: Any, kube: Any,
+                                             namespace: str) -> None:
+    apply(kubectl, job_yaml("gone", namespace))
+    wait_for(running_pods(kube, namespace, "gone", 2), 30, what="pods")
+    kubectl("delete", "ytj", "-n", namespace, "gone", "--wait=true")
+    wait_for(lambda: not pods_of(kube, namespace, "gone") and not kube.list_namespaced_service(
+        namespace).items, 60, what="pods and Service garbage-collected")
+
+
+def test_oom_replans_with_same_effective_batch(operator: Any, kubectl: Any, kube: Any,
+                                               namespace: str) -> None:
+    first = apply(kubectl, job_yaml("oom", namespace, nodes=2, per_node=1, nbs=64))
+    before = first["spec"]["plan"]
+    wait_for(running_pods(kube, namespace, "oom", 2), 30, what="pods")
+    finish_pod(kube, namespace, "oom-worker-1", 88,
+               message=summary(1, 15 * GiB, "oom", "CUDA out of memory"))
+    job = wait_for(lambda: (j := get_job(kubectl, namespace, "oom"))["status"].get("attempt")
+                   == 1 and j, 30, what="re-plan")
+    after = job["status"]["plan"]
+    assert after["batchPerGpu"] < before["batchPerGpu"]
+    assert after["batchPerGpu"] * after["gpus"] * after["accumulate"] == 64  # = nbs
+    assert after["accumulate"] > before["accumulate"]
+    assert job["status"]["replans"][0]["fromBatchPerGpu"] == before["batchPerGpu"]
+    pods = wait_for(running_pods(kube, namespace, "oom", 2), 60, what="relaunched pods")
+    for p in pods:
+        assert p.metadata.labels["yolofit.io/attempt"] == "1"
+        cfg = json.loads(next(e.value for e in p.spec.containers[0].env
+                              if e.name == "YOLOFIT_TRAIN_CONFIG"))
+        assert cfg["batch_per_gpu"] == after["batchPerGpu"]
+    reasons = kubectl("get", "events", "-n", namespace, "-o",
+                      "jsonpath={.items[*].reason}").stdout.split()
+    assert "OutOfMemoryReplan" in reasons
+    margins = kubectl("get", "configmap", "-n", "yolofit-system", "yolofit-learned-margins",
+                      "-o", "jsonpath={.data.margins\\.json}").stdout
+    assert json.loads(margins)["yolov8n|t4"]["margin"] > 0
+    finish_all(kube, namespace, "oom")
+    wait_for(phase_is(kubectl, namespace, "oom", "Succeeded"), 30, what="job Succeeded")
+    assert 'yolofit_replans_total{gpu_class="t4"' in operator.metrics()
+
+
+def test_missing_dataset_fails_the_job_with_the_message(operator: Any, kubectl: Any,
+                                                        kube: Any, namespace: str) -> None:
+    apply(kubectl, job_yaml("nodata", namespace, nodes=1, per_node=1))
+    wait_for(running_pods(kube, namespace, "nodata", 1), 30, what="pod")
+    finish_pod(kube, namespace, "nodata-worker-0", 2,
+               message=summary(0, 0, "data-missing", "dataset /data/coco8.yaml not found"))
+    job = wait_for(phase_is(kubectl, namespace, "nodata", "Failed"), 30, what="job Failed")
+    assert "dataset /data/coco8.yaml not found" in job["status"]["message"]
+    conds = {c["type"]: c for c in job["status"]["conditions"]}
+    assert conds["Failed"]["reason"] == "DataMissing"
+
+
+def test_model_without_profile_is_profiled_off_the_request_path(
+        operator: Any, kubectl: Any, kube: Any, namespace: str) -> None:
+    out = apply(kubectl, job_yaml("fresh", namespace, model="yolov8m", nodes=1, per_node=1,
+                                  classes=3))
+    assert "plan" not in out["spec"]  # admitted without a plan: the webhook never traces
+    wait_for(phase_is(kubectl, namespace, "fresh", "Profiling"), 20, what="Profiling")
+    wait_for(running_pods(kube, namespace, "fresh", 1), 60, what="pod after profiling")
+    job = get_job(kubectl, namespace, "fresh")
+    assert job["spec"]["plan"]["profile"].startswith("yolov8m|")

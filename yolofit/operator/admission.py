@@ -1,0 +1,144 @@
+"""Admission: (spec, policy, fleet, profiles, learned margins) -> a plan or field errors.
+
+Pure and shared by the mutating/validating webhooks and the operator's create handler, so
+a cluster without the webhooks installed plans exactly the same way. It never traces: a
+missing profile comes back as `Decision.missing` and the job is admitted as Profiling.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from yolofit.estimator import planner
+from yolofit.estimator.profile import ProfileKey, ProfileMissing, ProfileStore
+from yolofit.operator import policy as pol
+from yolofit.operator import ultralytics_args
+from yolofit.operator.api import GPUCapacityPolicySpec, Plan, YOLOTrainingJobSpec
+from yolofit.operator.feedback import margin_key
+from yolofit.operator.fleet import ClassInfo
+from yolofit.operator.launch import MAX_JOB_NAME
+from yolofit.units import format_bytes
+
+
+@dataclass(frozen=True)
+class Decision:
+    plan: Plan | None = None
+    errors: tuple[str, ...] = ()
+    missing: ProfileKey | None = None  # admit as Profiling; the operator traces it
+
+    @property
+    def refused(self) -> bool:
+        return bool(self.errors)
+
+
+def model_id(model: str) -> str:
+    """The model as margins and metrics name it: the file stem (yolov8s.pt -> yolov8s)."""
+    return re.sub(r"\.(ya?ml|pt)$", "", model.rsplit("/", 1)[-1])
+
+
+def plan_request(spec: YOLOTrainingJobSpec, policy: GPUCapacityPolicySpec,
+                 batch_per_gpu: int | None = None) -> planner.PlanRequest:
+    levers = policy.levers
+    return planner.PlanRequest(
+        model=spec.model, nc=spec.classes, imgsz=spec.imgsz, nbs=spec.nbs,
+        world_size=spec.gpus.nodes * spec.gpus.per_node, amp=spec.amp,
+        objects=spec.max_objects_per_image or policy.default_objects_per_image,
+        optimizer=spec.optimizer, allow_amp=levers.amp,
+        allow_checkpointing=levers.checkpointing,
+        allow_imgsz_reduction=levers.imgsz_reduction, min_imgsz=levers.min_imgsz,
+        batch_per_gpu=batch_per_gpu)
+
+
+def to_api_plan(p: planner.Plan, spec: YOLOTrainingJobSpec, margin: float) -> Plan:
+    return Plan(
+        gpu_class=p.gpu_class, nodes=spec.gpus.nodes, gpus_per_node=spec.gpus.per_node,
+        gpus=spec.gpus.nodes * spec.gpus.per_node, batch_per_gpu=p.batch_per_gpu,
+        accumulate=p.accumulate, amp=p.amp,  # type: ignore[arg-type]
+        checkpointing=p.checkpointing, imgsz=p.imgsz,
+        predicted_allocated_bytes=p.predicted_allocated_bytes,
+        predicted_reserved_bytes=p.predicted_reserved_bytes,
+        predicted_device_bytes=p.predicted_device_bytes, usable_bytes=p.usable_bytes,
+        utilisation=round(p.utilisation, 4), estimate=format_bytes(p.predicted_device_bytes),
+        margin=margin, breakdown=dict(p.breakdown), reason=p.reason, profile=p.profile_id)
+
+
+def static_errors(name: str, namespace: str, spec: YOLOTrainingJobSpec,
+                  policy: GPUCapacityPolicySpec, classes: Mapping[str, ClassInfo]) -> list[str]:
+    """Everything that can be refused without a profile."""
+    errors = ultralytics_args.validate(spec.args)
+    if len(name) > MAX_JOB_NAME:
+        errors.append(f"metadata.name: at most {MAX_JOB_NAME} characters (pods are named "
+                      f"<name>-worker-<i>), got {len(name)}")
+    gpus = spec.gpus.nodes * spec.gpus.per_node
+    rule = pol.namespace_rule(policy, namespace)
+    if rule is not None and rule.max_gpus_per_job is not None and gpus > rule.max_gpus_per_job:
+        errors.append(f"spec.gpus: {spec.gpus.nodes} x {spec.gpus.per_node} = {gpus} GPUs "
+                      f"exceeds the {rule.max_gpus_per_job} GPUs per job allowed in namespace "
+                      f"{namespace}")
+    if rule is not None and rule.max_gpus_admitted is not None and gpus > rule.max_gpus_admitted:
+        errors.append(f"spec.gpus: {gpus} GPUs can never be admitted in namespace {namespace} "
+                      f"(at most {rule.max_gpus_admitted} GPUs at once)")
+    allowed = pol.allowed_classes(policy, namespace, classes)
+    if not classes:
+        errors.append("spec.gpuClass: the fleet has no GPU classes (no node carries "
+                      "nvidia.com/gpu.product and the policy lists none)")
+    elif spec.gpu_class is not None:
+        if spec.gpu_class not in classes:
+            errors.append(f"spec.gpuClass: unknown class {spec.gpu_class!r}; the fleet has "
+                          f"{', '.join(classes)}")
+        elif spec.gpu_class not in allowed:
+            errors.append(f"spec.gpuClass: class {spec.gpu_class!r} is not allowed in namespace "
+                          f"{namespace} (allowed: {', '.join(allowed) or 'none'})")
+        elif _placeable(classes[spec.gpu_class], spec) is not None:
+            errors.append(f"spec.gpus: {_placeable(classes[spec.gpu_class], spec)}")
+    elif not allowed:
+        errors.append(f"spec.gpuClass: namespace {namespace} may use no GPU class of the fleet")
+    return errors
+
+
+def _placeable(info: ClassInfo, spec: YOLOTrainingJobSpec) -> str | None:
+    """Why the class cannot hold the job's pods, or None."""
+    if info.gpus_per_node < spec.gpus.per_node:
+        return (f"{spec.gpus.per_node} GPUs per node, but {info.name} nodes have at most "
+                f"{info.gpus_per_node}")
+    if info.nodes < spec.gpus.nodes:
+        return f"{spec.gpus.nodes} nodes, but the fleet has {info.nodes} {info.name} nodes"
+    return None
+
+
+def decide(name: str, namespace: str, spec: YOLOTrainingJobSpec, policy: GPUCapacityPolicySpec,
+           classes: Mapping[str, ClassInfo], store: ProfileStore,
+           margins: Mapping[str, float] | None = None,
+           batch_per_gpu: int | None = None) -> Decision:
+    """Plan the job, or say why not. `batch_per_gpu` pins the batch (OOM re-plans)."""
+    errors = static_errors(name, namespace, spec, policy, classes)
+    if errors:
+        return Decision(errors=tuple(errors))
+    margins = margins or {}
+    model = model_id(spec.model)
+    names = [spec.gpu_class] if spec.gpu_class else [
+        n for n in pol.allowed_classes(policy, namespace, classes)
+        if _placeable(classes[n], spec) is None]
+    if not names:
+        return Decision(errors=(f"spec.gpus: no allowed class has {spec.gpus.nodes} nodes with "
+                                f"{spec.gpus.per_node} GPUs each",))
+
+    def gpu_of(n: str) -> planner.GpuClass:
+        return pol.with_margin(classes[n].gpu, margins.get(margin_key(model, n), 0.0))
+
+    try:
+        req = plan_request(spec, policy, batch_per_gpu)
+        others = [gpu_of(n) for n in classes if n not in names]
+        result = planner.plan(req, [gpu_of(n) for n in names], store, all_classes=others)
+    except ProfileMissing as exc:
+        return Decision(missing=exc.key)
+    except ValueError as exc:  # the planner's own field checks, or an unknown model
+        return Decision(errors=(f"spec: {exc}",))
+    if not result.fits:
+        reason = result.reason.replace("the largest class allowed (",
+                                       f"the largest class allowed in namespace {namespace} (")
+        return Decision(errors=(f"spec: does not fit: {reason}",))
+    margin = margins.get(margin_key(model, result.gpu_class), 0.0)
+    return Decision(plan=to_api_plan(result, spec, margin))

@@ -1,0 +1,292 @@
+"""The yolofit.io/v1alpha1 API: YOLOTrainingJob and GPUCapacityPolicy.
+
+These pydantic models are the one schema source. The CRDs in deploy/crds are generated
+from them (`yolofit crds`, see crds.py), the webhooks and handlers parse objects with them,
+and `Field(description=...)` is what `kubectl explain` shows. Field names are camelCase on
+the wire (aliases) and snake_case in Python.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+from pydantic.alias_generators import to_camel
+
+GROUP = "yolofit.io"
+VERSION = "v1alpha1"
+API_VERSION = f"{GROUP}/{VERSION}"
+
+Phase = Literal["Pending", "Profiling", "Queued", "Admitted", "Running", "Succeeded", "Failed"]
+PHASES: tuple[str, ...] = ("Pending", "Profiling", "Queued", "Admitted", "Running",
+                           "Succeeded", "Failed")
+TERMINAL_PHASES = frozenset({"Succeeded", "Failed"})
+AmpPolicy = Literal["auto", "fp16", "bf16", "off"]
+AmpMode = Literal["fp16", "bf16", "off"]
+OptimizerName = Literal["SGD", "AdamW", "MuSGD"]
+
+
+class Model(BaseModel):
+    """Base: camelCase on the wire, unknown fields refused (the apiserver prunes them anyway)."""
+
+    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="forbid")
+
+    def wire(self) -> dict[str, Any]:
+        """The object as the API stores it: camelCase keys, no unset optionals."""
+        return self.model_dump(by_alias=True, exclude_none=True, mode="json")
+
+
+# --- YOLOTrainingJob --------------------------------------------------------------------------
+
+class GpuRequest(Model):
+    nodes: int = Field(1, ge=1, le=512, description="Number of pods (nodes) of the job; one "
+                       "pod per node, each a DDP node in the PyTorchJob sense.")
+    per_node: int = Field(1, ge=1, le=16, description="GPUs per pod (nvidia.com/gpu limit); "
+                          "each pod runs one DDP rank per GPU.")
+
+
+class Resources(Model):
+    cpu: str = Field("4", description="CPU request and limit of each pod (quantity, e.g. 8).")
+    memory: str = Field("16Gi", description="Memory request and limit of each pod "
+                        "(quantity, e.g. 32Gi).")
+    shm: str = Field("8Gi", description="Size of the in-memory /dev/shm volume for dataloader "
+                     "workers.")
+
+
+class Plan(Model):
+    """What admission decided: the fitted configuration the pods run with."""
+
+    gpu_class: str = Field(description="GPU class the job is placed on.")
+    nodes: int = Field(ge=1, description="Pods (DDP nodes).")
+    gpus_per_node: int = Field(ge=1, description="GPUs per pod.")
+    gpus: int = Field(ge=1, description="Total GPUs (nodes x gpusPerNode), the world size.")
+    batch_per_gpu: int = Field(ge=1, description="Images per GPU per optimizer micro-step.")
+    accumulate: int = Field(ge=1, description="Gradient accumulation steps; batchPerGpu x "
+                            "gpus x accumulate is the nominal batch.")
+    amp: AmpMode = Field(description="Mixed precision mode chosen: fp16, bf16 or off.")
+    checkpointing: bool = Field(False, description="Activation checkpointing on.")
+    imgsz: int = Field(ge=32, description="Training image size (may be reduced from "
+                       "spec.imgsz when the policy allows it).")
+    predicted_allocated_bytes: int = Field(0, ge=0, description="Predicted peak "
+                                           "torch.cuda.max_memory_allocated per GPU.")
+    predicted_reserved_bytes: int = Field(0, ge=0, description="Predicted peak "
+                                          "max_memory_reserved per GPU.")
+    predicted_device_bytes: int = Field(0, ge=0, description="Predicted peak device memory "
+                                        "per GPU (reserved + CUDA context).")
+    usable_bytes: int = Field(0, ge=0, description="Usable memory of one GPU of the class "
+                              "after headroom.")
+    utilisation: float = Field(0.0, ge=0, description="predictedDeviceBytes / usableBytes.")
+    estimate: str = Field("", description="predictedDeviceBytes, human readable.")
+    margin: float = Field(0.0, ge=0, description="Learned safety margin applied for this "
+                          "model and class (fraction of the estimate), from earlier OOMs.")
+    breakdown: dict[str, int] = Field(default_factory=dict, description="Predicted bytes "
+                                      "per component (weights, gradients, activations, ...).")
+    reason: str = Field("", description="Why this plan was chosen, in words.")
+    profile: str = Field("", description="Id of the memory profile the plan came from.")
+
+
+class YOLOTrainingJobSpec(Model):
+    """What to train and on how many GPUs; admission fills `plan`."""
+
+    model: str = Field(min_length=1, max_length=253, description="Ultralytics model, e.g. "
+                       "yolov8s, yolo11m.yaml or a .pt path inside a mounted volume.")
+    data: str = Field(min_length=1, description="Dataset YAML path inside a mounted volume, "
+                      "e.g. /data/coco.yaml.")
+    classes: int = Field(80, ge=1, le=100000, description="Number of classes (nc) of the "
+                         "dataset; the memory profile depends on it.")
+    imgsz: int = Field(640, ge=32, le=4096, multiple_of=32, description="Training image "
+                       "size in pixels (multiple of 32).")
+    epochs: int = Field(100, ge=1, le=100000, description="Training epochs.")
+    nbs: int = Field(64, ge=1, le=65536, description="Nominal batch: images per optimizer "
+                     "step across all GPUs; the plan keeps it whatever batch fits per GPU.")
+    amp: AmpPolicy = Field("auto", description="Mixed precision policy: auto picks bf16 "
+                           "where the class supports it, else fp16; off forces fp32.")
+    optimizer: OptimizerName = Field("SGD", description="Optimizer (its state is part of "
+                                     "the memory profile).")
+    gpus: GpuRequest = Field(default_factory=GpuRequest, description="Nodes x GPUs per node.")
+    gpu_class: str | None = Field(None, description="Pin a GPU class; otherwise the first "
+                                  "class in the policy's preference order that fits.")
+    max_objects_per_image: int | None = Field(None, ge=1, le=10000, description="Most "
+                                              "labelled objects in one image (memory hint); "
+                                              "default from the policy.")
+    image: str = Field("ghcr.io/yolofit/trainer:0.1.0", description="Trainer container "
+                       "image (entrypoint `yolofit train`).")
+    resources: Resources = Field(default_factory=Resources, description="CPU and memory of "
+                                 "each pod.")
+    volumes: list[dict[str, Any]] = Field(default_factory=list, description="Pod volumes "
+                                          "(core/v1 Volume) holding data and outputs.")
+    volume_mounts: list[dict[str, Any]] = Field(default_factory=list, description="Mounts "
+                                                "(core/v1 VolumeMount) of the trainer "
+                                                "container.")
+    output_dir: str = Field("/runs", description="Where the trainer writes runs "
+                            "(Ultralytics project dir); mount a volume there to keep them.")
+    args: dict[str, Any] = Field(default_factory=dict, description="Extra Ultralytics train "
+                                 "arguments (lr0, mosaic, ...), checked against Ultralytics' "
+                                 "own argument names; those the plan sets are refused.")
+    plan: Plan | None = Field(None, description="Set by yolofit admission (webhook or "
+                              "operator); values written by users are replaced.")
+
+
+class Condition(Model):
+    type: str = Field(description="Admitted, Launched, Ready, Completed, Failed, Profiled.")
+    status: Literal["True", "False", "Unknown"] = Field(description="True, False or Unknown.")
+    reason: str = Field(description="CamelCase machine-readable reason.")
+    message: str = Field("", description="Human-readable details.")
+    last_transition_time: str = Field(description="When status last changed (RFC 3339).")
+    observed_generation: int = Field(0, description="metadata.generation this was computed "
+                                     "from.")
+
+
+class RankMeasurement(Model):
+    rank: int = Field(ge=0, description="Global rank (node rank when one summary per pod).")
+    pod: str = Field("", description="Pod that reported it.")
+    memory_kind: Literal["cuda", "host-rss"] = Field("cuda", description="cuda = VRAM; "
+                                                     "host-rss = CPU peak RSS (not VRAM).")
+    peak_allocated_bytes: int = Field(0, ge=0, description="max_memory_allocated.")
+    peak_reserved_bytes: int = Field(0, ge=0, description="max_memory_reserved.")
+    device_total_bytes: int = Field(0, ge=0, description="Peak device memory used by the "
+                                    "process (reserved + context).")
+    steps: int = Field(0, ge=0, description="Optimizer micro-steps run.")
+    images_per_second: float = Field(0.0, ge=0, description="Throughput of the rank.")
+    exit_reason: str = Field("", description="completed, oom, error or data-missing.")
+    message: str = Field("", description="Trainer's message.")
+
+
+class Measured(Model):
+    ranks: list[RankMeasurement] = Field(default_factory=list, description="Per-rank "
+                                         "summaries from the pods' termination messages.")
+    max_peak_bytes: int = Field(0, ge=0, description="Largest device total over ranks "
+                                "(reserved where the total is unknown).")
+    max_peak: str = Field("", description="maxPeakBytes, human readable.")
+    estimate_bytes: int = Field(0, ge=0, description="The plan's predicted device bytes.")
+    relative_error: float | None = Field(None, description="(measured - estimate) / "
+                                         "estimate; CUDA only.")
+
+
+class Replan(Model):
+    attempt: int = Field(ge=1, description="Attempt number the new plan runs as.")
+    reason: str = Field(description="Why: e.g. rank 1 ran out of memory at batch 16.")
+    from_batch_per_gpu: int = Field(ge=1, description="Batch per GPU before.")
+    to_batch_per_gpu: int = Field(ge=1, description="Batch per GPU after.")
+    accumulate: int = Field(ge=1, description="Accumulation after.")
+    checkpointing: bool = Field(False, description="Checkpointing after.")
+    time: str = Field(description="When (RFC 3339).")
+
+
+class YOLOTrainingJobStatus(Model):
+    phase: Phase = Field("Pending", description="Pending, Profiling, Queued, Admitted, "
+                         "Running, Succeeded or Failed.")
+    message: str = Field("", description="Why the job is in its phase.")
+    conditions: list[Condition] = Field(default_factory=list, description="Conditions per "
+                                        "Kubernetes API conventions.")
+    plan: Plan | None = Field(None, description="The plan the current pods run with.")
+    measured: Measured | None = Field(None, description="Measured peaks from the trainer.")
+    attempt: int = Field(0, ge=0, description="Launch attempt (increases on OOM re-plan).")
+    replans: list[Replan] = Field(default_factory=list, description="OOM re-plans so far.")
+    admitted: bool = Field(False, description="Counted against the namespace's GPU quota.")
+    workers: list[str] = Field(default_factory=list, description="Pod names of the current "
+                               "attempt.")
+    observed_generation: int = Field(0, description="metadata.generation last reconciled.")
+    start_time: str | None = Field(None, description="When pods were launched.")
+    completion_time: str | None = Field(None, description="When the job finished.")
+
+
+class YOLOTrainingJob(Model):
+    """Only the parts the operator parses; metadata stays a plain dict."""
+
+    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="ignore")
+    spec: YOLOTrainingJobSpec
+    status: YOLOTrainingJobStatus = Field(default_factory=YOLOTrainingJobStatus)
+
+
+# --- GPUCapacityPolicy ------------------------------------------------------------------------
+
+class GpuClassSpec(Model):
+    name: str = Field(min_length=1, max_length=63, pattern=r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$",
+                      description="Class name used in plans and gpuClass, e.g. a100-80gb.")
+    node_selector: dict[str, str] = Field(default_factory=dict, description="Node labels "
+                                          "that select this class, e.g. "
+                                          "nvidia.com/gpu.product: NVIDIA-A100-SXM4-80GB.")
+    memory: str | None = Field(None, description="Memory of one GPU (e.g. 80GiB); default "
+                               "from the nodes' nvidia.com/gpu.memory label.")
+    usable_memory: str | None = Field(None, description="Override of the usable memory of "
+                                      "one GPU (e.g. 70GiB); default memory x (1 - headroom).")
+    headroom_percent: float | None = Field(None, ge=0, le=90, description="Memory kept "
+                                           "free per GPU, percent; default the policy's.")
+    tolerations: list[dict[str, Any]] = Field(default_factory=list, description="Tolerations "
+                                              "(core/v1 Toleration) added to this class's "
+                                              "pods.")
+    bf16: bool | None = Field(None, description="Whether the class supports bf16; default "
+                              "from the GPU's compute capability (>= 8.0).")
+
+
+class NamespaceRule(Model):
+    namespace: str = Field(min_length=1, description="Namespace name, or * for all others.")
+    allowed_classes: list[str] = Field(default_factory=list, description="Classes jobs of "
+                                       "this namespace may use; empty = all.")
+    max_gpus_per_job: int | None = Field(None, ge=1, description="Largest job in GPUs.")
+    max_gpus_admitted: int | None = Field(None, ge=0, description="GPUs admitted at once; "
+                                          "more waits Queued.")
+
+
+class Levers(Model):
+    amp: bool = Field(True, description="The planner may turn on mixed precision.")
+    checkpointing: bool = Field(True, description="The planner may use activation "
+                                "checkpointing.")
+    imgsz_reduction: bool = Field(False, description="The planner may reduce imgsz.")
+    min_imgsz: int = Field(320, ge=32, description="Smallest imgsz the planner may reduce to.")
+
+
+class GPUCapacityPolicySpec(Model):
+    """GPU classes, per-namespace rules and the levers the planner may use."""
+
+    classes: list[GpuClassSpec] = Field(default_factory=list, description="GPU classes; "
+                                        "empty = discovered from GPU feature discovery labels.")
+    preference: list[str] = Field(default_factory=list, description="Class preference order "
+                                  "for unpinned jobs; default smallest memory first.")
+    namespaces: list[NamespaceRule] = Field(default_factory=list, description="Per-namespace "
+                                            "rules; a namespace with no rule (and no * rule) "
+                                            "may use every class without quota.")
+    levers: Levers = Field(default_factory=Levers, description="What the planner may change.")
+    default_objects_per_image: int = Field(100, ge=1, description="Objects per image assumed "
+                                           "when a job gives no maxObjectsPerImage.")
+    default_headroom_percent: float = Field(10.0, ge=0, le=90, description="Headroom for "
+                                            "classes that do not set one.")
+    max_replans: int = Field(3, ge=0, le=20, description="OOM re-plans per job before it "
+                             "fails.")
+
+
+class FleetClass(Model):
+    name: str = Field(description="Class name.")
+    product: str = Field("", description="nvidia.com/gpu.product.")
+    nodes: int = Field(0, ge=0, description="Nodes of this class.")
+    gpus: int = Field(0, ge=0, description="GPUs of this class in the fleet.")
+    memory: str = Field("", description="Memory of one GPU.")
+    usable: str = Field("", description="Usable memory after headroom.")
+    bf16: bool = Field(False, description="bf16 support.")
+
+
+class LearnedMargin(Model):
+    model: str = Field(description="Model name.")
+    gpu_class: str = Field(description="GPU class.")
+    margin: float = Field(ge=0, description="Fraction added to estimates.")
+    observations: int = Field(0, ge=0, description="OOMs/measurements it was learned from.")
+
+
+class GPUCapacityPolicyStatus(Model):
+    fleet: list[FleetClass] = Field(default_factory=list, description="Discovered fleet.")
+    learned_margins: list[LearnedMargin] = Field(default_factory=list, description="Margins "
+                                                 "learned from OOMs (a copy; the operator "
+                                                 "persists them in a ConfigMap).")
+    observed_generation: int = Field(0, description="metadata.generation last seen.")
+
+
+class GPUCapacityPolicy(Model):
+    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="ignore")
+    spec: GPUCapacityPolicySpec = Field(default_factory=GPUCapacityPolicySpec)
+    status: GPUCapacityPolicyStatus = Field(default_factory=GPUCapacityPolicyStatus)
+
+
+# Fields of the job spec that change a plan. Everything else (args, image, volumes) does not.
+PLAN_INPUTS = ("model", "classes", "imgsz", "nbs", "amp", "optimizer", "gpus", "gpu_class",
+               "max_objects_per_image")

@@ -1,0 +1,365 @@
+"""One reconcile pass of one job: observe (cached job + pods), decide (pure modules), act.
+
+Level-triggered and idempotent: every pass recomputes from what is observed, children have
+deterministic names, AlreadyExists/NotFound are success, and status is written once per
+pass and only when it changed. A kill -9 between any two calls is repaired by the next
+pass after restart. Expected waits (pods not yet created, old attempt still terminating)
+just end the pass: the next watch event or the periodic resync brings the job back.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from yolofit.operator import admission, feedback, kube, launch, metrics
+from yolofit.operator import policy as pol
+from yolofit.operator.api import (
+    TERMINAL_PHASES,
+    Plan,
+    Replan,
+    YOLOTrainingJob,
+    YOLOTrainingJobStatus,
+)
+from yolofit.operator.kube import Kube
+from yolofit.operator.state import Key, World
+from yolofit.operator.status import PodView, pod_view, set_condition, summarize
+
+log = logging.getLogger("yolofit.operator")
+EventFn = Callable[[dict[str, Any], str, str, str], None]  # body, type, reason, message
+
+
+def now() -> str:
+    return dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+class Reconciler:
+    def __init__(self, world: World, api: Kube, event: EventFn,
+                 start_profiling: Callable[[Any], Awaitable[str | None]],
+                 metrics_port: int = launch.METRICS_PORT) -> None:
+        self.world, self.api, self.event = world, api, event
+        self.start_profiling = start_profiling
+        self.metrics_port = metrics_port
+        # With the webhooks installed, spec.plan can only have come from admission (the
+        # mutating webhook overwrites what users write); without them it is re-planned.
+        self.trust_spec_plan = True
+        self.observed_errors: set[tuple[str, int]] = set()
+        # The status last written in the current pass of each job (one pass per job at a
+        # time: the job's lock), so the pass writes again only what changed since.
+        self.written: dict[Key, YOLOTrainingJobStatus] = {}
+
+    async def reconcile(self, key: Key) -> None:
+        async with self.world.lock(key):
+            body = self.world.jobs.get(key)
+            if body is None or body["metadata"].get("deletionTimestamp"):
+                return
+            await self._pass(key, body)
+
+    async def _pass(self, key: Key, body: dict[str, Any]) -> None:
+        job = YOLOTrainingJob.model_validate(body)
+        old = job.status
+        st = old.model_copy(deep=True)
+        uid = body["metadata"]["uid"]
+        gen = int(body["metadata"].get("generation", 0))
+        st.observed_generation = gen
+        if old.phase in TERMINAL_PHASES:
+            self.world.release(uid)
+            return
+        self.written[key] = old
+        try:
+            await self._steps(key, body, job, st, gen)
+        finally:
+            if st != self.written.pop(key, None):
+                await self._write_status(key, body, st)
+            if st.phase in TERMINAL_PHASES:
+                self.world.release(uid)
+
+    async def _steps(self, key: Key, body: dict[str, Any], job: YOLOTrainingJob,
+                     st: YOLOTrainingJobStatus, gen: int) -> None:
+        ns, name = key
+        spec = job.spec
+        t = now()
+        # 1. A plan: the webhook's, or planned here the same way (no webhooks installed).
+        plan = st.plan or (spec.plan if self.trust_spec_plan else None)
+        if plan is None:
+            plan = await self._plan(key, body, job, st, gen)
+            if plan is None:
+                return
+        # 2. Quota: admitted at most once; a job over its namespace's GPUs waits Queued.
+        if not st.admitted and self.world.pods.get(key):
+            st.admitted = True  # pods exist only after admission: a restart lost the write
+        if not st.admitted:
+            if not await self._admit(key, body, plan, st, gen):
+                return
+            st.plan = plan
+            self.event(body, "Normal", "Admitted", f"admitted on {plan.gpu_class}: {plan.gpus} "
+                       f"GPUs, batch {plan.batch_per_gpu}/GPU x accumulate {plan.accumulate}, "
+                       f"{plan.amp}, estimate {plan.estimate}")
+
+        plan = st.plan or plan
+        st.plan = plan
+        # 3. Launch the current attempt (deleting pods of an earlier one first).
+        current = await self._launch(key, body, job, plan, st, gen, t)
+        if current is None:
+            return
+        # 4. Follow the pods.
+        outcome = summarize(current, plan)
+        if outcome.ranks:
+            m = feedback.measured(outcome.ranks, plan.predicted_device_bytes)
+            st.measured = m
+        if outcome.oom:
+            await self._oom(key, body, job, plan, st, outcome.ranks, gen)
+            return
+        st.phase, st.message = outcome.phase, outcome.message  # type: ignore[assignment]
+        ready = "True" if outcome.phase in ("Running", "Succeeded") else "False"
+        st.conditions = set_condition(st.conditions, "PodsReady", ready, outcome.reason,
+                                      outcome.message, gen, t)
+        if outcome.phase in TERMINAL_PHASES:
+            st.completion_time = st.completion_time or t
+            ok = outcome.phase == "Succeeded"
+            st.conditions = set_condition(st.conditions, "Succeeded" if ok else "Failed",
+                                          "True", outcome.reason, outcome.message, gen, t)
+            self.event(body, "Normal" if ok else "Warning", outcome.reason, outcome.message)
+            self._observe_error(body, plan, st)
+
+    async def _launch(self, key: Key, body: dict[str, Any], job: YOLOTrainingJob, plan: Plan,
+                      st: YOLOTrainingJobStatus, gen: int, t: str) -> list[PodView] | None:
+        """Ensure the Service and this attempt's pods; the pods once all exist, else None."""
+        ns, name = key
+        views = [pod_view(p) for p in self.world.pods.get(key, {}).values()]
+        stale = [v for v in views if v.attempt != st.attempt]
+        for v in stale:
+            if not v.deleting:
+                await self.api.delete(kube.pods_path(ns, v.name))
+        if stale:
+            st.message = f"waiting for {len(stale)} pods of attempt {st.attempt - 1} to go"
+            return None
+        current = [v for v in views if not v.deleting]
+        if plan.gpu_class not in self.world.classes and not current:
+            st.message = (f"GPU class {plan.gpu_class} is not in the fleet (no node matches it);"
+                          f" waiting for it")
+            return None
+        if key not in self.world.services:
+            await self.api.create(kube.services_path(ns), launch.build_service(body))
+            self.world.services.add(key)
+        created = await self._ensure_pods(key, body, job, plan, st, {v.name for v in current})
+        if created:
+            self.event(body, "Normal", "Launched", f"created {plan.nodes} pods and the "
+                       f"headless Service {launch.service_name(name)}")
+        if not st.start_time and (created or current):
+            st.start_time = t
+        st.workers = launch.desired_pod_names(name, plan)
+        if len(current) < plan.nodes:
+            # Same words as summarize() while pods start, so the next pass writes nothing new.
+            st.phase, st.message = "Admitted", launch.waiting_message(plan)
+            st.conditions = set_condition(st.conditions, "PodsReady", "False", "WaitingForPods",
+                                          st.message, gen, t)
+            return None
+        await self._ungate(key, [v for v in current if v.gated])
+        return current
+
+    async def _plan(self, key: Key, body: dict[str, Any], job: YOLOTrainingJob,
+                    st: YOLOTrainingJobStatus, gen: int) -> Plan | None:
+        ns, name = key
+        w = self.world
+        started = time.perf_counter()
+        d = admission.decide(name, ns, job.spec, w.policy, w.classes, w.store, w.margin_values())
+        metrics.PLAN_SECONDS.observe(time.perf_counter() - started)
+        t = now()
+        if d.missing is not None:
+            if st.phase != "Profiling":
+                self.event(body, "Normal", "Profiling", f"no memory profile for "
+                           f"{d.missing.id}; tracing it off the request path")
+                metrics.ADMISSIONS.labels("profiling", "", ns).inc()
+            st.phase, st.message = "Profiling", f"tracing {d.missing.model} (profile " \
+                f"{d.missing.id})"
+            st.conditions = set_condition(st.conditions, "Profiled", "False", "Tracing",
+                                          st.message, gen, t)
+            error = await self.start_profiling(d.missing)
+            if error is not None:
+                self._fail(body, st, "ProfilingFailed", f"tracing {d.missing.id} failed: "
+                           f"{error}", gen, t)
+            return None
+        if d.refused or d.plan is None:
+            msg = "; ".join(d.errors)
+            st.phase, st.message = "Failed", msg
+            st.conditions = set_condition(st.conditions, "Failed", "True", "DoesNotFit", msg,
+                                          gen, t)
+            self.event(body, "Warning", "Rejected", msg)
+            metrics.ADMISSIONS.labels("rejected", "", ns).inc()
+            return None
+        plan = d.plan
+        if (body.get("spec") or {}).get("plan") != plan.wire():
+            await self.api.merge_patch(kube.job_path(ns, name), {"spec": {"plan": plan.wire()}})
+            body.setdefault("spec", {})["plan"] = plan.wire()
+        st.conditions = set_condition(st.conditions, "Profiled", "True", "ProfileFound",
+                                      plan.profile, gen, t)
+        self.event(body, "Normal", "Planned", plan.reason or f"planned on {plan.gpu_class}")
+        return plan
+
+    async def _admit(self, key: Key, body: dict[str, Any], plan: Plan,
+                     st: YOLOTrainingJobStatus, gen: int) -> bool:
+        ns = key[0]
+        uid = body["metadata"]["uid"]
+        rule = pol.namespace_rule(self.world.policy, ns)
+        t = now()
+        async with self.world.quota_lock:
+            used = self.world.admitted_gpus(ns, excluding=uid)
+            if pol.quota_allows(rule, used, plan.gpus):
+                self.world.reserved[uid] = key
+                st.admitted = True
+                st.phase, st.message = "Admitted", f"admitted on {plan.gpu_class}"
+                st.conditions = set_condition(st.conditions, "Admitted", "True", "QuotaReserved",
+                                              f"{plan.gpus} GPUs of {plan.gpu_class}", gen, t)
+                metrics.ADMISSIONS.labels("admitted", plan.gpu_class, ns).inc()
+                metrics.PREDICTED_UTILISATION.labels(plan.gpu_class).observe(plan.utilisation)
+                return True
+        limit = rule.max_gpus_admitted if rule else 0
+        msg = (f"namespace {ns} has {used} of {limit} GPUs admitted; this job needs "
+               f"{plan.gpus}")
+        if st.phase != "Queued":
+            self.event(body, "Normal", "Queued", msg)
+            metrics.ADMISSIONS.labels("queued", plan.gpu_class, ns).inc()
+        st.phase, st.message = "Queued", msg
+        st.conditions = set_condition(st.conditions, "Admitted", "False", "QuotaExceeded", msg,
+                                      gen, t)
+        return False
+
+    async def _ensure_pods(self, key: Key, body: dict[str, Any], job: YOLOTrainingJob,
+                           plan: Plan, st: YOLOTrainingJobStatus, existing: set[str]) -> bool:
+        ns, name = key
+        info = self.world.classes.get(plan.gpu_class)
+        if info is None:
+            return False  # never a pod without its class's node selector
+        selector, tolerations = info.node_selector, info.tolerations
+        created = False
+        names = launch.desired_pod_names(name, plan)
+        existing = set(existing)
+        for rank, pod_name in enumerate(names):
+            if pod_name in existing:
+                continue
+            # The pod that completes the gang needs no gate: every other one exists already
+            # (a gang of one is complete the moment it is created).
+            complete = all(n in existing for n in names if n != pod_name)
+            pod = launch.build_pod(body, job.spec, plan, rank, st.attempt, selector,
+                                   tolerations, self.metrics_port, gated=not complete)
+            result = await self.api.create(kube.pods_path(ns), pod)
+            self.world.pods[key][pod_name] = result or pod
+            existing.add(pod_name)
+            created = True
+        return created
+
+    async def _ungate(self, key: Key, gated: list[PodView]) -> None:
+        """All pods of the gang exist: let the scheduler place them."""
+        ns = key[0]
+        pods = self.world.pods.get(key, {})
+        for v in gated:
+            pod = pods.get(v.name, {})
+            gates = [g for g in pod.get("spec", {}).get("schedulingGates") or []
+                     if g.get("name") != launch.GANG_GATE]
+            result = await self.api.merge_patch(kube.pods_path(ns, v.name),
+                                                {"spec": {"schedulingGates": gates or None}})
+            if result:
+                pods[v.name] = result
+
+    async def _oom(self, key: Key, body: dict[str, Any], job: YOLOTrainingJob, plan: Plan,
+                   st: YOLOTrainingJobStatus, ranks: list[Any], gen: int) -> None:
+        ns, name = key
+        t = now()
+        model = admission.model_id(job.spec.model)
+        mkey = feedback.margin_key(model, plan.gpu_class)
+        metrics.OOMS.labels(plan.gpu_class, ns).inc()
+        peak = max((feedback.peak_of(r) for r in ranks), default=0)
+        old_margin = float(self.world.margins.get(mkey, {}).get("margin", 0.0))
+        margin = feedback.update_margin(old_margin, plan.predicted_device_bytes, peak)
+        obs = int(self.world.margins.get(mkey, {}).get("observations", 0)) + 1
+        self.world.margins[mkey] = {"margin": margin, "observations": obs}
+        await self._save_margins()
+        limit = self.world.policy.max_replans
+        if len(st.replans) >= limit:
+            msg = f"out of GPU memory after {len(st.replans)} re-plans (policy limit {limit})"
+            self._fail(body, st, "OutOfMemory", msg, gen, t)
+            return
+        pinned = job.spec.model_copy(update={"gpu_class": plan.gpu_class, "plan": None})
+        d = admission.decide(name, ns, pinned, self.world.policy, self.world.classes,
+                             self.world.store, self.world.margin_values())
+        r = feedback.next_plan(plan, d.plan, job.spec.nbs,
+                               self.world.policy.levers.checkpointing)
+        if r.plan is None:
+            self._fail(body, st, "OutOfMemory", f"{r.reason} on {plan.gpu_class}", gen, t)
+            return
+        new = r.plan.model_copy(update={"margin": margin})
+        # Re-estimate the halved plan at its pinned batch (same levers, no margin: this is
+        # the prediction the measurement will be compared with).
+        est = admission.decide(name, ns, pinned, self.world.policy, self.world.classes,
+                               self.world.store, {}, batch_per_gpu=new.batch_per_gpu).plan
+        if est is not None and (est.batch_per_gpu, est.checkpointing) == (
+                new.batch_per_gpu, new.checkpointing):
+            new = est.model_copy(update={"margin": margin, "accumulate": new.accumulate,
+                                         "reason": new.reason})
+        st.attempt += 1
+        st.replans.append(Replan(attempt=st.attempt, reason=f"out of memory: {r.reason}",
+                                 from_batch_per_gpu=plan.batch_per_gpu,
+                                 to_batch_per_gpu=new.batch_per_gpu, accumulate=new.accumulate,
+                                 checkpointing=new.checkpointing, time=t))
+        st.plan, st.phase, st.measured = new, "Admitted", None
+        st.message = f"re-planned after OOM (attempt {st.attempt}): {r.reason}"
+        st.start_time = None
+        st.conditions = set_condition(st.conditions, "PodsReady", "False", "OutOfMemoryReplan",
+                                      st.message, gen, t)
+        metrics.REPLANS.labels(plan.gpu_class, ns).inc()
+        self.event(body, "Warning", "OutOfMemoryReplan", st.message + f"; learned margin for "
+                   f"{model} on {plan.gpu_class} is now {margin:.0%}")
+        for pod_name in list(self.world.pods.get(key, {})):
+            await self.api.delete(kube.pods_path(ns, pod_name))
+
+    def _fail(self, body: dict[str, Any], st: YOLOTrainingJobStatus, reason: str, msg: str,
+              gen: int, t: str) -> None:
+        st.phase, st.message = "Failed", msg
+        st.completion_time = st.completion_time or t
+        st.conditions = set_condition(st.conditions, "Failed", "True", reason, msg, gen, t)
+        self.event(body, "Warning", reason, msg)
+
+    def _observe_error(self, body: dict[str, Any], plan: Plan, st: YOLOTrainingJobStatus) -> None:
+        m = st.measured
+        if m is None or m.relative_error is None:
+            return
+        mark = (body["metadata"]["uid"], st.attempt)
+        if mark not in self.observed_errors:
+            self.observed_errors.add(mark)
+            metrics.ESTIMATE_ERROR.labels(plan.gpu_class).observe(m.relative_error)
+
+    async def _save_margins(self) -> None:
+        w = self.world
+        ns, name = self.settings_ns, self.settings_cm
+        data = feedback.encode_margins(w.margins)
+        if await self.api.create(kube.configmap_path(ns), {
+                "apiVersion": "v1", "kind": "ConfigMap",
+                "metadata": {"name": name, "namespace": ns,
+                             "labels": {"app.kubernetes.io/part-of": "yolofit"}},
+                "data": data}) is None:
+            await self.api.merge_patch(kube.configmap_path(ns, name), {"data": data})
+
+    settings_ns = "yolofit-system"
+    settings_cm = "yolofit-learned-margins"
+
+    async def _write_status(self, key: Key, body: dict[str, Any],
+                            st: YOLOTrainingJobStatus) -> None:
+        self.written[key] = st.model_copy(deep=True)
+        wire = st.model_dump(by_alias=True, mode="json")  # None -> null: merge patch removes
+        result = await self.api.merge_patch(kube.job_path(*key, status=True), {"status": wire})
+        if result:
+            cached = self.world.jobs.get(key)
+            if cached is not None and cached["metadata"].get("uid") == result["metadata"].get(
+                    "uid"):
+                self.world.jobs[key] = result
+        else:
+            body["status"] = wire
+        # Mirror a re-plan into spec.plan (printer columns); status.plan is authoritative.
+        if st.plan is not None and st.attempt > 0:
+            spec_plan = (body.get("spec") or {}).get("plan")
+            if spec_plan != st.plan.wire():
+                await self.api.merge_patch(kube.job_path(*key), {"spec": {"plan": st.plan.wire()}})

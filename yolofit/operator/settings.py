@@ -1,0 +1,61 @@
+"""Operator settings: one typed class, every field documented. Environment variables are
+prefixed YOLOFIT_OPERATOR_ (e.g. YOLOFIT_OPERATOR_WEBHOOK_PORT=9443); CLI flags override."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class OperatorSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="YOLOFIT_OPERATOR_", extra="ignore")
+
+    kubeconfig: str | None = Field(None, description="Kubeconfig path; default: in-cluster "
+                                   "service account, else $KUBECONFIG / ~/.kube/config.")
+    namespaces: list[str] = Field(default_factory=list, description="Namespaces to serve; "
+                                  "empty = the whole cluster.")
+    operator_namespace: str = Field("yolofit-system", description="Where the operator keeps "
+                                    "its state (the learned-margins ConfigMap).")
+    policy_name: str = Field("default", description="GPUCapacityPolicy the operator applies; "
+                             "without it classes are discovered from node labels.")
+    margins_configmap: str = Field("yolofit-learned-margins", description="ConfigMap that "
+                                   "persists learned margins per (model, class).")
+    install_webhooks: bool = Field(False, description="Serve the admission webhooks and "
+                                   "register the Mutating/ValidatingWebhookConfiguration.")
+    webhook_mode: Literal["url", "service"] = Field("url", description="url: the apiserver "
+                                                    "calls https://<webhook-host>:<port> "
+                                                    "(sandbox, same host); service: through "
+                                                    "a Service (in-cluster, the chart).")
+    webhook_host: str = Field("127.0.0.1", description="Host in the webhook URL (url mode).")
+    webhook_addr: str = Field("127.0.0.1", description="Address the webhook server listens "
+                              "on (0.0.0.0 in-cluster).")
+    webhook_port: int = Field(9443, ge=1, le=65535, description="Webhook HTTPS port.")
+    webhook_service: str = Field("yolofit-webhook", description="Service name (service mode).")
+    webhook_configuration: str = Field("yolofit.io", description="Name of the managed "
+                                       "webhook configurations.")
+    cert_dir: Path = Field(Path("/tmp/yolofit-webhook-certs"), description="Webhook CA, "
+                           "certificate and key; made when absent (or mounted, e.g. by "
+                           "cert-manager).")
+    metrics_port: int = Field(8080, ge=0, le=65535, description="Prometheus /metrics port "
+                              "(0 = off).")
+    health_port: int = Field(8081, ge=0, le=65535, description="/healthz and /readyz port "
+                             "(0 = off).")
+    trainer_metrics_port: int = Field(9400, description="Port of each trainer pod's exporter.")
+    queue_interval: float = Field(2.0, gt=0, description="Seconds between re-tries of Queued "
+                                  "and Profiling jobs.")
+    resync_interval: float = Field(30.0, gt=0, description="Seconds between full reconciles "
+                                   "of every live job (a safety net for missed events).")
+    fleet_interval: float = Field(15.0, gt=0, description="Seconds between node listings for "
+                                  "fleet discovery.")
+    api_workers: int = Field(32, ge=1, description="Concurrent Kubernetes API requests.")
+    profile_dir: Path | None = Field(None, description="Profile cache directory (default "
+                                     "$YOLOFIT_PROFILE_DIR or ~/.cache/yolofit/profiles).")
+    profile_builder: str = Field("yolofit.estimator.build:build_profile", description="module"
+                                 ":function that traces a ProfileKey into a Profile; run in "
+                                 "a subprocess, never on the webhook path.")
+    peering: str | None = Field(None, description="kopf peering name for leader election "
+                                "between replicas; None = standalone.")
+    log_level: Literal["DEBUG", "INFO", "WARNING"] = Field("INFO", description="Log level.")
