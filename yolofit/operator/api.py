@@ -23,7 +23,7 @@ PHASES: tuple[str, ...] = ("Pending", "Profiling", "Queued", "Admitted", "Runnin
 TERMINAL_PHASES = frozenset({"Succeeded", "Failed"})
 AmpPolicy = Literal["auto", "fp16", "bf16", "off"]
 AmpMode = Literal["fp16", "bf16", "off"]
-OptimizerName = Literal["SGD", "AdamW", "MuSGD"]
+OptimizerName = Literal["auto", "SGD", "AdamW", "MuSGD"]
 
 
 class Model(BaseModel):
@@ -101,8 +101,10 @@ class YOLOTrainingJobSpec(Model):
                      "step across all GPUs; the plan keeps it whatever batch fits per GPU.")
     amp: AmpPolicy = Field("auto", description="Mixed precision policy: auto picks bf16 "
                            "where the class supports it, else fp16; off forces fp32.")
-    optimizer: OptimizerName = Field("SGD", description="Optimizer (its state is part of "
-                                     "the memory profile).")
+    optimizer: OptimizerName = Field("auto", description="Ultralytics optimizer; auto lets "
+                                     "Ultralytics choose (AdamW or MuSGD) as `yolo train` "
+                                     "does, and is planned as AdamW, whose state is the "
+                                     "larger of the two.")
     gpus: GpuRequest = Field(default_factory=GpuRequest, description="Nodes x GPUs per node.")
     gpu_class: str | None = Field(None, description="Pin a GPU class; otherwise the first "
                                   "class in the policy's preference order that fits.")
