@@ -27,7 +27,7 @@ MiB = 2**20
 
 def write_synthetic_profiles(directory: Path, model: str = "yolov8n", fixed_gib: float = 1.0,
                   per_sample_mib: float = 200.0, imgsz: int = 640, nc: int = 80,
-                  optimizer: str = "SGD", ckpt_factor: float = 0.5) -> ProfileStore:
+                  optimizer: str = "AdamW", ckpt_factor: float = 0.5) -> ProfileStore:
     """Profiles for every AMP mode, with and without checkpointing, stored in `directory`."""
     ref = resolve_model(model)
     store = ProfileStore(directory, shipped=None)
