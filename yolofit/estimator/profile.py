@@ -56,6 +56,7 @@ COMPONENTS: tuple[str, ...] = (
 )
 
 SHIPPED_PROFILES = Path(__file__).with_name("data") / "profiles.json"
+_SHIPPED = Path("<shipped profiles>")  # sentinel default of ProfileStore(shipped=...)
 
 
 class ProfileMissing(LookupError):
@@ -266,7 +267,9 @@ class ProfileStore:
     """
 
     def __init__(self, cache_dir: Path | str | None = None,
-                 shipped: Path | str | None = SHIPPED_PROFILES) -> None:
+                 shipped: Path | str | None = _SHIPPED) -> None:
+        if shipped is _SHIPPED:  # read at call time, so SHIPPED_PROFILES can be redirected
+            shipped = SHIPPED_PROFILES
         self.cache_dir = Path(cache_dir) if cache_dir is not None else default_cache_dir()
         self.shipped = Path(shipped) if shipped is not None else None
         self._lock = threading.Lock()
