@@ -13,7 +13,7 @@ CACHE  ?= $(HOME)/.cache/yolofit
 WHEELS := $(CACHE)/wheels
 export YOLO_OFFLINE := 1
 
-.PHONY: setup venv system-deps binaries test test-unit lint demo bench lock clean
+.PHONY: setup venv system-deps binaries test test-unit lint demo bench manifests lock clean
 
 setup: venv system-deps binaries
 
@@ -41,7 +41,7 @@ binaries: venv
 	bash scripts/build-helm.sh
 
 lint: venv
-	$(BIN)/ruff check yolofit tests benchmarks
+	$(BIN)/ruff check yolofit tests benchmarks charts
 	$(BIN)/lint-imports
 
 test: setup lint
@@ -56,6 +56,12 @@ demo: setup
 bench: setup
 	$(BIN)/python benchmarks/estimator.py
 	$(BIN)/python benchmarks/operator_scale.py
+
+# Regenerate what is derived from a source: CRDs from the API models, then the chart's copies,
+# dashboard, RBAC and deploy/manifests (tests fail when any is stale).
+manifests: venv
+	$(BIN)/yolofit crds --write
+	bash scripts/update-chart.sh
 
 # Refresh the lock after changing dependencies in pyproject.toml.
 lock: $(BIN)/.installed

@@ -7,7 +7,9 @@ the fleet and publish gauges. No decisions here: see reconcile.py and the pure m
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
+import os
 from collections import Counter
 from typing import Any, cast
 
@@ -64,6 +66,9 @@ class Operator:
         settings.execution.max_workers = s.api_workers
         if s.peering:
             settings.peering.name, settings.peering.mandatory = s.peering, True
+            # kopf keeps every replica of equal priority active; give each its own.
+            settings.peering.priority = (s.peering_priority if s.peering_priority is not None
+                                         else peering_priority(os.environ.get("POD_NAME", "")))
         else:
             settings.peering.standalone = True
         if s.install_webhooks:
@@ -97,7 +102,8 @@ class Operator:
         else:
             settings.admission.server = webhooks.TimedWebhookServer(host=s.webhook_host,
                                                                    **common)
-        settings.admission.managed = s.webhook_configuration
+        if s.manage_webhook_configurations:
+            settings.admission.managed = s.webhook_configuration
 
     async def _cleanup(self, **_: Any) -> None:
         for t in self.tasks:
@@ -302,3 +308,10 @@ def _post_event(body: dict[str, Any], type_: str, reason: str, message: str) -> 
         kopf.event(cast(Any, body), type=type_, reason=reason, message=message[:1000])
     except LookupError:  # outside kopf's context (unit tests): log only
         log.info("%s %s: %s", type_, reason, message)
+
+
+def peering_priority(pod_name: str) -> int:
+    """A stable per-replica kopf peering priority from the pod's name (0 when unnamed)."""
+    if not pod_name:
+        return 0
+    return int.from_bytes(hashlib.sha256(pod_name.encode()).digest()[:3], "big") + 1

@@ -83,6 +83,13 @@ def train_config(name: str, namespace: str, spec: YOLOTrainingJobSpec, plan: Pla
     }
 
 
+def metrics_ports(base: int, local_ranks: int) -> list[dict[str, Any]]:
+    """Local rank r serves /metrics on base + r: `metrics`, `metrics-1`, ... (the PodMonitor
+    scrapes every port named metrics*)."""
+    return [{"name": "metrics" if r == 0 else f"metrics-{r}", "containerPort": base + r}
+            for r in range(local_ranks)]
+
+
 def ddp_env(name: str, namespace: str, plan: Plan, rank: int) -> list[dict[str, str]]:
     addr, port = master_addr(name, namespace), str(MASTER_PORT)
     pairs = [
@@ -132,7 +139,7 @@ def build_pod(job: Mapping[str, Any], spec: YOLOTrainingJobSpec, plan: Plan, ran
             "containers": [{
                 "name": "trainer", "image": spec.image, "command": ["yolofit", "train"],
                 "env": env,
-                "ports": [{"name": "metrics", "containerPort": metrics_port},
+                "ports": [*metrics_ports(metrics_port, plan.gpus_per_node),
                           {"name": "ddp", "containerPort": MASTER_PORT}],
                 "resources": {"requests": dict(resources), "limits": dict(resources)},
                 "volumeMounts": [{"name": "dshm", "mountPath": "/dev/shm"},

@@ -36,6 +36,11 @@ class OperatorSettings(BaseSettings):
     webhook_service: str = Field("yolofit-webhook", description="Service name (service mode).")
     webhook_configuration: str = Field("yolofit.io", description="Name of the managed "
                                        "webhook configurations.")
+    manage_webhook_configurations: bool = Field(True, description="Create and patch the "
+                                                "Mutating/ValidatingWebhookConfiguration "
+                                                "(the sandbox); false when something else "
+                                                "owns them (the Helm chart), so the "
+                                                "operator needs no RBAC on them.")
     cert_dir: Path = Field(Path("/tmp/yolofit-webhook-certs"), description="Webhook CA, "
                            "certificate and key; made when absent (or mounted, e.g. by "
                            "cert-manager).")
@@ -58,4 +63,7 @@ class OperatorSettings(BaseSettings):
                                  "a subprocess, never on the webhook path.")
     peering: str | None = Field(None, description="kopf peering name for leader election "
                                 "between replicas; None = standalone.")
+    peering_priority: int | None = Field(None, ge=0, le=2**31 - 1, description="kopf peering "
+                                         "priority of this replica (highest wins); default "
+                                         "derived from $POD_NAME so replicas differ.")
     log_level: Literal["DEBUG", "INFO", "WARNING"] = Field("INFO", description="Log level.")

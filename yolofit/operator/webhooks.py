@@ -13,7 +13,8 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import deque
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
+from contextlib import contextmanager
 from typing import Any, cast
 
 import kopf
@@ -83,6 +84,21 @@ def validate(world: World, body: Any, old: Any, new: Any, operation: str) -> Non
         raise kopf.AdmissionError("; ".join(d.errors), code=422)
 
 
+@contextmanager
+def counted(webhook: str) -> Iterator[None]:
+    """Count a review as allowed, denied (AdmissionError) or error (anything else: a bug,
+    which the WebhookFailing alert watches for)."""
+    try:
+        yield
+    except kopf.AdmissionError:
+        metrics.WEBHOOK_REQUESTS.labels(webhook, "denied").inc()
+        raise
+    except Exception:
+        metrics.WEBHOOK_REQUESTS.labels(webhook, "error").inc()
+        raise
+    metrics.WEBHOOK_REQUESTS.labels(webhook, "allowed").inc()
+
+
 def register(registry: kopf.OperatorRegistry, world: World) -> None:
     resource = (GROUP, VERSION, "yolotrainingjobs")
 
@@ -90,16 +106,12 @@ def register(registry: kopf.OperatorRegistry, world: World) -> None:
     # so running them on the loop saves the executor hop and GIL ping-pong per review.
     async def on_mutate(body: Any, old: Any, new: Any, patch: kopf.Patch, operation: str,
                   **_: Any) -> None:
-        mutate(world, body, old, new, patch, operation)
-        metrics.WEBHOOK_REQUESTS.labels("mutate", "allowed").inc()
+        with counted("mutate"):
+            mutate(world, body, old, new, patch, operation)
 
     async def on_validate(body: Any, old: Any, new: Any, operation: str, **_: Any) -> None:
-        try:
+        with counted("validate"):
             validate(world, body, old, new, operation)
-        except kopf.AdmissionError:
-            metrics.WEBHOOK_REQUESTS.labels("validate", "denied").inc()
-            raise
-        metrics.WEBHOOK_REQUESTS.labels("validate", "allowed").inc()
 
     kopf.on.mutate(*resource, id="plan", operations=["CREATE", "UPDATE"],
                    registry=registry)(cast(Any, on_mutate))

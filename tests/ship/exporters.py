@@ -1,0 +1,76 @@
+"""Serve the project's real exporters with live traffic, for a real Prometheus to scrape.
+
+    python tests/ship/exporters.py OPERATOR_PORT TRAINER_PORT [TRAINER_PORT ...]
+
+A separate process because the operator's metrics live in a module-level registry: the test
+process's own metrics stay untouched. The operator side is `yolofit.operator.metrics.REGISTRY`
+(what `yolofit operator` serves); each trainer port is one rank's `TrainerMetrics` (what
+`yolofit train` serves). Label values are the ones the operator and trainer write. Every second
+it adds another admission, step, OOM, ... so rate() and increase() have something to show.
+Prints "serving" once all ports listen; runs until killed.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+
+from prometheus_client import start_http_server
+
+from yolofit.operator import metrics as op
+from yolofit.trainer.exporter import TrainerMetrics
+from yolofit.trainer.memory import MemoryPeaks
+
+GiB = 1 << 30
+NAMESPACE, JOB, GPU_CLASS = "team-a", "yolov8s-coco", "t4"
+PHASES = ("Pending", "Profiling", "Queued", "Admitted", "Running", "Succeeded", "Failed")
+
+
+def operator_tick(n: int) -> None:
+    for result in ("admitted", "queued", "profiling", "rejected"):
+        op.ADMISSIONS.labels(result, "" if result in ("rejected", "profiling") else GPU_CLASS,
+                             NAMESPACE).inc()
+    for i, phase in enumerate(PHASES):
+        op.JOBS.labels(phase, NAMESPACE).set(i + 1)
+    op.ADMITTED_GPUS.labels(GPU_CLASS, NAMESPACE).set(8)
+    op.PLAN_SECONDS.observe(0.002 + 0.001 * (n % 3))
+    op.PREDICTED_UTILISATION.labels(GPU_CLASS).observe(0.82 + 0.01 * (n % 5))
+    op.ESTIMATE_ERROR.labels(GPU_CLASS).observe(0.15 - 0.02 * (n % 4))
+    op.OOMS.labels(GPU_CLASS, NAMESPACE).inc()
+    op.REPLANS.labels(GPU_CLASS, NAMESPACE).inc()
+    for webhook in ("mutate", "validate"):
+        for result in ("allowed", "denied", "error"):
+            op.WEBHOOK_REQUESTS.labels(webhook, result).inc()
+
+
+def trainer_tick(rank: TrainerMetrics, n: int) -> None:
+    rank.observe_step(0.4 + 0.05 * (n % 3), images=16,
+                      losses={"box": 1.2 / (n + 1), "cls": 2.0 / (n + 1), "dfl": 1.1})
+    rank.set_memory(MemoryPeaks(kind="cuda", peak_allocated_bytes=9 * GiB,
+                                peak_reserved_bytes=10 * GiB, device_total_bytes=11 * GiB,
+                                host_peak_rss_bytes=3 * GiB))
+    rank.estimated.set(12 * GiB)
+    rank.epoch.set(1 + n // 60)
+
+
+def main(argv: list[str]) -> int:
+    operator_port, *trainer_ports = (int(a) for a in argv)
+    start_http_server(operator_port, addr="127.0.0.1", registry=op.REGISTRY)
+    ranks = [TrainerMetrics(NAMESPACE, JOB, rank, GPU_CLASS) for rank in range(len(trainer_ports))]
+    for rank, port in zip(ranks, trainer_ports, strict=True):
+        rank.serve(port, addr="127.0.0.1")
+    n = 0
+    operator_tick(n)
+    for rank in ranks:
+        trainer_tick(rank, n)
+    print("serving", flush=True)
+    while True:
+        time.sleep(1.0)
+        n += 1
+        operator_tick(n)
+        for rank in ranks:
+            trainer_tick(rank, n)
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
