@@ -1,59 +1,21 @@
 """Start `yolofit train` ranks as local processes with the env the operator gives its pods.
 
-The pods come from the operator's own pure builder (`yolofit.operator.launch.build_pod`); only
-what a pod gets from the cluster is replaced: rank 0's DNS name becomes 127.0.0.1, the
-rendezvous and metrics ports become free local ports (pods have their own IPs), and the
-termination log and Ultralytics' config dir move into the test's temp dir.
+The pods come from the operator's own pure builder (`yolofit.operator.launch.build_pod`) and run
+through `yolofit.sandbox.localrun`, which replaces only what a pod gets from the cluster: rank
+0's DNS name becomes 127.0.0.1, the rendezvous and metrics ports become free local ports (pods
+have their own IPs), and the termination log and Ultralytics' config dir move into the test's
+temp dir, which is also the processes' working directory.
 """
 
 from __future__ import annotations
 
-import json
-import os
-import socket
-import subprocess
-import sys
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from yolofit.operator.api import Plan, YOLOTrainingJobSpec
 from yolofit.operator.launch import build_pod
-
-# Variables of the test runner's own environment that must not leak into a rank.
-_DDP_VARS = (
-    "MASTER_ADDR",
-    "MASTER_PORT",
-    "WORLD_SIZE",
-    "RANK",
-    "LOCAL_RANK",
-    "LOCAL_WORLD_SIZE",
-    "PET_MASTER_ADDR",
-    "PET_MASTER_PORT",
-    "PET_NNODES",
-    "PET_NPROC_PER_NODE",
-    "PET_NODE_RANK",
-    "YOLOFIT_TRAIN_CONFIG",
-    "YOLOFIT_INJECT_OOM_AT_STEP",
-    "YOLOFIT_INJECT_OOM_RANK",
-    "YOLOFIT_TERMINATION_LOG",
-)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def yolofit_command(pod_command: list[str]) -> list[str]:
-    """The pod's `yolofit train`, from this interpreter's environment."""
-    assert pod_command[0] == "yolofit"
-    script = Path(sys.executable).with_name("yolofit")
-    if script.is_file():
-        return [str(script), *pod_command[1:]]
-    return [sys.executable, "-m", "yolofit.cli", *pod_command[1:]]
+from yolofit.sandbox.localrun import LocalPod, pod_env, start_pods
 
 
 @dataclass
@@ -103,92 +65,27 @@ class Job:
         return spec, plan
 
 
-@dataclass
-class Rank:
-    rank: int
-    proc: subprocess.Popen[str]
-    termination_log: Path
-    metrics_port: int
-    env: dict[str, str]
-
-    def summary(self) -> Any:
-        return json.loads(self.termination_log.read_text())
-
-
-def pod_env(pod: dict[str, Any]) -> dict[str, str]:
-    container = pod["spec"]["containers"][0]
-    return {e["name"]: e["value"] for e in container["env"] if "value" in e}
-
-
 def start_ranks(
     job: Job,
     tmp: Path,
     config_patch: dict[str, Any] | None = None,
     extra_env: dict[str, str] | None = None,
-) -> list[Rank]:
-    """Start one process per pod of the job (each runs the pod's command and env)."""
+) -> list[LocalPod]:
+    """Start one process per pod of the job, in rank order (each runs the pod's command and
+    env, on CPU); wait for them with `yolofit.sandbox.localrun.wait_pods`."""
     spec, plan = job.spec_and_plan()
     meta = {"metadata": {"name": job.name, "namespace": job.namespace, "uid": "uid-1"}}
-    master_port = free_port()
-    base = {k: v for k, v in os.environ.items() if k not in _DDP_VARS}
-    ranks = []
+    pods = []
     for r in range(job.nodes):
-        metrics_port = free_port()
         pod = build_pod(
-            meta,
-            spec,
-            plan,
-            r,
-            attempt=0,
-            node_selector={},
-            tolerations=[],
-            metrics_port=metrics_port,
-            gated=False,
+            meta, spec, plan, r, attempt=0, node_selector={}, tolerations=[], gated=False
         )
         env = pod_env(pod)
         assert env["MASTER_ADDR"] == env["PET_MASTER_ADDR"] and env["RANK"] == str(r)
-        env.update(
-            MASTER_ADDR="127.0.0.1",
-            PET_MASTER_ADDR="127.0.0.1",
-            MASTER_PORT=str(master_port),
-            PET_MASTER_PORT=str(master_port),
-        )
-        if config_patch:
-            env["YOLOFIT_TRAIN_CONFIG"] = json.dumps(
-                {**json.loads(env["YOLOFIT_TRAIN_CONFIG"]), **config_patch}
-            )
-        log = tmp / f"termination-log-{r}"
-        env.update(
-            YOLOFIT_TERMINATION_LOG=str(log),
-            YOLO_CONFIG_DIR=str(tmp / "ultralytics"),
-            YOLOFIT_DEVICE="cpu",
-            **(extra_env or {}),
-        )
-        full_env = {**base, **env}
-        out = open(tmp / f"rank-{r}.log", "w")  # noqa: SIM115 - closed with the process
-        proc = subprocess.Popen(
-            yolofit_command(pod["spec"]["containers"][0]["command"]),
-            env=full_env,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            text=True,
-            cwd=tmp,
-        )
-        ranks.append(Rank(r, proc, log, metrics_port, env))
-    return ranks
-
-
-def wait_all(ranks: list[Rank], timeout: float) -> list[int]:
-    """Exit codes of all ranks; those still running after `timeout` are killed (-9)."""
-    deadline = time.monotonic() + timeout
-    for r in ranks:
-        try:
-            r.proc.wait(timeout=max(deadline - time.monotonic(), 0.1))
-        except subprocess.TimeoutExpired:
-            r.proc.kill()
-            r.proc.wait()
-    return [int(r.proc.returncode) for r in ranks]
-
-
-def log_of(tmp: Path, rank: int) -> str:
-    return (tmp / f"rank-{rank}.log").read_text(errors="replace")
+        pods.append(pod)
+    return start_pods(
+        pods,
+        tmp,
+        extra_env={"YOLOFIT_DEVICE": "cpu", **(extra_env or {})},
+        config_patch=config_patch,
+    )

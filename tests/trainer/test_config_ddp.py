@@ -8,10 +8,12 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
-from tests.trainer.launch import Job, pod_env
 from yolofit.operator.launch import build_pod
+from yolofit.sandbox.localrun import pod_env
 from yolofit.trainer.config import TrainConfig, TrainerSettings
 from yolofit.trainer.ddp import TopologyError, combine_exit_codes, resolve
+
+from .launch import Job
 
 PLAN = json.dumps({"model": "yolov8n.yaml", "data": "/d.yaml", "batch_per_gpu": 2})
 

@@ -11,14 +11,16 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from tests.trainer.launch import Job, log_of, start_ranks, wait_all
+from yolofit.sandbox.localrun import wait_pods
+
+from .launch import Job, start_ranks
 
 
 def test_two_ranks_train_one_model(dataset: Path, tmp_path: Path) -> None:
     job = Job(data=dataset, output=tmp_path / "runs", nodes=2, batch_per_gpu=2, nbs=8, epochs=2)
     ranks = start_ranks(job, tmp_path)
-    codes = wait_all(ranks, timeout=300)
-    assert codes == [0, 0], "\n".join(log_of(tmp_path, r) for r in (0, 1))
+    codes = wait_pods(ranks, timeout=300)
+    assert codes == [0, 0], "\n".join(r.output() for r in ranks)
 
     reports = [
         json.loads((tmp_path / "runs" / job.name / "yolofit" / f"rank-{r}.json").read_text())
@@ -36,9 +38,9 @@ def test_two_ranks_train_one_model(dataset: Path, tmp_path: Path) -> None:
     # Each rank trained on its own shard: different data -> different losses.
     assert reports[0]["losses"] != reports[1]["losses"]
 
-    for r in ranks:
+    for rank, r in enumerate(ranks):
         s = r.summary()
-        assert s["rank"] == r.rank and s["exit_reason"] == "completed" and s["steps"] == 4
+        assert s["rank"] == rank and s["exit_reason"] == "completed" and s["steps"] == 4
         assert s["memory_kind"] == "host-rss" and s["peak_allocated_bytes"] > 50 * 2**20
         assert s["images_per_second"] > 0
     # Ultralytics' own outputs, as `yolo train` writes them (rank 0).
@@ -47,7 +49,7 @@ def test_two_ranks_train_one_model(dataset: Path, tmp_path: Path) -> None:
     assert (run_dir / "weights" / "last.pt").is_file()
 
     # Offline: no download was attempted, no font or weights landed anywhere.
-    logs = log_of(tmp_path, 0) + log_of(tmp_path, 1)
+    logs = ranks[0].output() + ranks[1].output()
     assert "Downloading" not in logs and "refusing to download" not in logs
     fetched = [
         p for p in tmp_path.rglob("*") if p.suffix in {".ttf", ".pt"} and "weights" not in p.parts
@@ -59,7 +61,7 @@ def test_two_ranks_with_activation_checkpointing(dataset: Path, tmp_path: Path) 
     """The plan's checkpointing lever: the estimator's wrapper, under DDP, same weights."""
     job = Job(data=dataset, output=tmp_path / "runs", nodes=2, checkpointing=True)
     ranks = start_ranks(job, tmp_path)
-    assert wait_all(ranks, timeout=300) == [0, 0], log_of(tmp_path, 0) + log_of(tmp_path, 1)
+    assert wait_pods(ranks, timeout=300) == [0, 0], ranks[0].output() + ranks[1].output()
     reports = [
         json.loads((tmp_path / "runs" / job.name / "yolofit" / f"rank-{r}.json").read_text())
         for r in (0, 1)

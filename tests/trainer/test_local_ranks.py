@@ -5,14 +5,16 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from tests.trainer.launch import Job, log_of, start_ranks, wait_all
+from yolofit.sandbox.localrun import wait_pods
+
+from .launch import Job, start_ranks
 
 
 def test_pod_with_two_local_ranks(dataset: Path, tmp_path: Path) -> None:
     job = Job(data=dataset, output=tmp_path / "runs", nodes=1, per_node=2, nbs=8)
     [pod] = start_ranks(job, tmp_path)
     assert pod.env["PET_NPROC_PER_NODE"] == "2" and pod.env["WORLD_SIZE"] == "2"
-    assert wait_all([pod], timeout=300) == [0], log_of(tmp_path, 0)
+    assert wait_pods([pod], timeout=300) == [0], pod.output()
     summaries = pod.summary()  # one container, one message: a list of per-rank summaries
     assert [s["rank"] for s in summaries] == [0, 1]
     assert all(s["exit_reason"] == "completed" and s["steps"] == 2 for s in summaries)

@@ -18,7 +18,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from tests.trainer.launch import free_port
+from yolofit.sandbox.localrun import free_port
 
 SCRIPT = """
 import json, sys

@@ -33,6 +33,7 @@ _POD_ONLY_VARS = (
     "MASTER_ADDR", "MASTER_PORT", "WORLD_SIZE", "RANK", "LOCAL_RANK", "LOCAL_WORLD_SIZE",
     "PET_MASTER_ADDR", "PET_MASTER_PORT", "PET_NNODES", "PET_NPROC_PER_NODE", "PET_NODE_RANK",
     "YOLOFIT_TRAIN_CONFIG", "YOLOFIT_TERMINATION_LOG", "KUBECONFIG",
+    "YOLOFIT_INJECT_OOM_AT_STEP", "YOLOFIT_INJECT_OOM_RANK",  # fault injection: pass extra_env
 )
 
 
@@ -83,6 +84,10 @@ class LocalPod:
 
     def summary(self) -> Any:
         return json.loads(self.message())
+
+    def output(self) -> str:
+        """Everything the container wrote to stdout and stderr so far."""
+        return self.log.read_text(errors="replace") if self.log.exists() else ""
 
 
 def start_pods(pods: list[dict[str, Any]], workdir: Path,
@@ -144,8 +149,7 @@ def report_to_pods(core: CoreV1Api, namespace: str, pods: list[LocalPod]) -> Non
 
 
 def log_tail(pod: LocalPod, lines: int = 30) -> str:
-    text = pod.log.read_text(errors="replace") if pod.log.exists() else ""
-    return "\n".join(text.splitlines()[-lines:])
+    return "\n".join(pod.output().splitlines()[-lines:])
 
 
 def cleanup(workdir: Path) -> None:

@@ -11,6 +11,7 @@ import shutil
 import subprocess
 import tempfile
 import time
+import urllib.error
 import urllib.parse
 import urllib.request
 from collections.abc import Iterator
@@ -32,18 +33,31 @@ def prometheus_binary(name: str = "prometheus") -> str:
     return path
 
 
+class PrometheusError(RuntimeError):
+    """The server answered a request with an error (e.g. a PromQL syntax or type error)."""
+
+
 class Prometheus:
-    """Handle on a running server: `query()`, `series()`, `wait_for()`."""
+    """Handle on a running server: `query()`, `wait_for()`, `wait_for_targets()`."""
 
     def __init__(self, url: str, proc: subprocess.Popen[bytes], log: Path) -> None:
         self.url, self.proc, self.log = url, proc, log
 
     def get(self, path: str, **params: str) -> dict[str, Any]:
+        """GET an API path; the decoded body. An error answer raises PrometheusError with the
+        server's own errorType and error (400/422 carry them as JSON too)."""
         q = urllib.parse.urlencode(params)
-        with urllib.request.urlopen(f"{self.url}{path}?{q}", timeout=10) as r:
-            body: dict[str, Any] = json.load(r)
+        try:
+            with urllib.request.urlopen(f"{self.url}{path}?{q}", timeout=10) as r:
+                body: dict[str, Any] = json.load(r)
+        except urllib.error.HTTPError as exc:
+            try:
+                body = json.load(exc)
+            except ValueError:
+                raise PrometheusError(f"prometheus {path} {params}: HTTP {exc.code}") from exc
         if body.get("status") != "success":
-            raise RuntimeError(f"prometheus {path} {params}: {body}")
+            raise PrometheusError(f"prometheus {path} {params}: "
+                                  f"{body.get('errorType')}: {body.get('error')}")
         return body
 
     def query(self, expr: str) -> list[dict[str, Any]]:
@@ -61,6 +75,21 @@ class Prometheus:
             if time.monotonic() > deadline:
                 raise TimeoutError(f"{expr!r} returned {len(result)} series after {timeout:g}s, "
                                    f"wanted {count}")
+            time.sleep(0.5)
+
+    def wait_for_targets(self, count: int, scrapes: int = 1, timeout: float = 60.0) -> None:
+        """Poll until exactly `count` targets are up and each has been scraped at least
+        `scrapes` times (enough samples for rate() and friends)."""
+        expr = f"count_over_time(up[5m]) and on() (count(up == 1) == {count})"
+        deadline = time.monotonic() + timeout
+        while True:
+            samples = [int(float(r["value"][1])) for r in self.query(expr)]
+            if len(samples) == count and min(samples) >= scrapes:
+                return
+            if time.monotonic() > deadline:
+                targets = self.get("/api/v1/targets")["data"]
+                raise TimeoutError(f"prometheus did not scrape {count} targets {scrapes} times "
+                                   f"in {timeout:g}s: {targets}")
             time.sleep(0.5)
 
 
