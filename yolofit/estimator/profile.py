@@ -52,7 +52,7 @@ MOSAIC_OBJECTS_FACTOR = 4
 # sum to `allocated`; `allocator_overhead` is reserved - allocated.
 COMPONENTS: tuple[str, ...] = (
     "weights", "gradients", "optimizer_state", "ema", "activations", "loss", "validation",
-    "allocator_overhead",
+    "temporaries", "allocator_overhead",
 )
 
 SHIPPED_PROFILES = Path(__file__).with_name("data") / "profiles.json"

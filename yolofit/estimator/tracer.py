@@ -1,0 +1,548 @@
+"""Run the real Ultralytics training step on CPU and record every tensor storage it makes.
+
+`StorageTracker` is a TorchDispatchMode: every aten op's outputs are inspected, each new
+storage (identified by its StorageImpl, `untyped_storage()._cdata`) becomes an *alloc* event
+and a `weakref.finalize` on the storage object becomes its *free* event — exactly when the
+CUDA caching allocator would get the block back, because CPython frees storages by
+refcount at the same points in the program. Storages that exist before tracing (weights,
+buffers, the EMA copy) are registered up front. Each storage carries a category (weights,
+gradients, optimizer_state, ema, activations, loss, validation, temporaries), so the
+breakdown at the peak is known.
+
+`trace_training_step` reproduces what `ultralytics.engine.trainer.BaseTrainer` does per
+iteration (8.4.x): batch to the device (uint8) and `/255` (float), forward and the real
+`model.loss` under autocast, `GradScaler.scale(loss).backward()`, `unscale_`,
+`clip_grad_norm_(max_norm=10)`, `scaler.step` with the optimizer `build_optimizer` makes,
+`zero_grad()` (set_to_none), `ModelEMA.update`; three iterations (step, accumulate, step:
+optimizer state exists and gradients live through a whole forward and backward, as with
+Ultralytics' gradient accumulation); then one validation batch (2x the batch) of the EMA model under
+`inference_mode` and fp16 autocast, with its loss, as `BaseValidator.__call__` does.
+
+Where CPU and CUDA differ (what the trace can not see, or sees differently):
+- kernel-internal buffers that never become tensors (cuDNN/cuBLAS workspaces, cub temp
+  storage of sort/unique/nonzero) are per-GPU-class constants in `gpu_classes.json`;
+- CPU autocast's op lists differ from CUDA's in the fp32 list: CUDA autocast runs softmax,
+  log_softmax, cumsum and exp/log/pow/rsqrt/reciprocal in fp32, CPU autocast leaves them in
+  the input dtype (checked: softmax and exp of fp16 stay fp16 on CPU;
+  binary_cross_entropy_with_logits is fp32 on both). Both lists put conv, matmul,
+  linear, bmm/addmm/baddbmm and SDPA in the low-precision dtype, which is where nearly all
+  activation bytes are (conv outputs, and the BN/SiLU outputs that follow them keep that
+  dtype on both). The ops that differ run in the loss (DFL softmax over b x anchors x 64)
+  and in the attention blocks' softmax (yolo12 A2C2f, C2PSA):
+  there the CPU trace can under-count by up to 2 bytes per element of those tensors (a few
+  MB per sample at 640). Emulating the CUDA list below autograd breaks backward's dtype
+  checks, so it is not done; calibration absorbs it.
+- AdamW is built with fused=True (what Ultralytics does on CUDA) and SGD with foreach=True
+  (PyTorch's CUDA default), so the optimizer's temporaries match the CUDA path;
+  clip_grad_norm_ uses per-tensor norms on CPU and `_foreach_norm` on CUDA (scalars only).
+- With `compute="shape"`, the forward, backward and validation forward are not computed:
+  every op whose outputs alias no input is answered by its meta kernel with uninitialised
+  tensors of the same shape, strides and dtype (no FLOPs, no page touched); ops with
+  data-dependent shapes, in-place ops, the batch transfer, the loss and the optimizer run
+  for real, with predictions and gradients zeroed first so values are deterministic.
+  Storage events are the same (a test checks it); values differ, which could change only the
+  loss's data-dependent sizes (foreground anchors the assigner picks: tensors of a few KiB).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+import weakref
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from types import SimpleNamespace
+from typing import Any
+
+import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_flatten, tree_map_only
+
+from yolofit.estimator.allocator import CachingAllocatorModel
+
+aten = torch.ops.aten
+
+CATEGORIES: tuple[str, ...] = (
+    "weights", "gradients", "optimizer_state", "ema", "activations", "loss", "validation",
+    "temporaries",
+)
+
+# Phase -> category of what is allocated in it (unless relabelled by identity later).
+PHASE_CATEGORY = {
+    "setup": "weights", "step": "temporaries", "batch": "activations",
+    "forward": "activations", "loss": "loss", "backward": "temporaries",
+    "optimizer": "temporaries", "ema": "temporaries", "validation": "validation",
+    "validation_loss": "validation", "validation_batch": "validation",
+}
+
+# compute="shape": in these phases every functional op (no output aliases an input) is
+# answered by its meta kernel with uninitialised outputs of the same shape, strides and
+# dtype; ops whose output shape depends on data raise on meta and run for real. The loss
+# runs for real in every mode: its data-dependent sizes come from real (zeroed) predictions.
+SHAPE_PHASES = frozenset({"forward", "backward", "validation"})
+
+
+@dataclass
+class Event:
+    alloc: bool
+    sid: int
+    nbytes: int
+    phase: str
+
+
+class StorageTracker(TorchDispatchMode):
+    """Records storage allocations/frees of every op run under it (see module doc)."""
+
+    def __init__(self, compute: str = "exact") -> None:
+        super().__init__()
+        if compute not in ("exact", "shape"):
+            raise ValueError(f"compute must be 'exact' or 'shape', not {compute!r}")
+        self.shape_only = compute == "shape"
+        self._functional: dict[Any, bool] = {}
+        self._fresh: dict[Any, bool] = {}
+        self.events: list[Event] = []
+        self.category: dict[int, str] = {}
+        self.live: dict[int, int] = {}  # StorageImpl address -> sid
+        self.size: dict[int, int] = {}  # sid -> nbytes
+        self.phase = "setup"
+        self.recording = True
+        self._next_sid = 0
+
+    # -- registration -------------------------------------------------------------------------
+    def track(self, tensor: torch.Tensor, category: str | None = None) -> int | None:
+        """Register a tensor's storage (no-op if known); returns its sid."""
+        if tensor.device.type == "meta" or getattr(tensor, "is_sparse", False):
+            return None
+        storage = tensor.untyped_storage()
+        key = storage._cdata
+        sid = self.live.get(key)
+        nbytes = storage.nbytes()
+        if sid is not None:
+            if self.size[sid] != nbytes:  # resize_: a new block on the GPU
+                self._emit(False, sid)
+                self.size[sid] = nbytes
+                self._emit(True, sid)
+            if category is not None:
+                self.category[sid] = category
+            return sid
+        if nbytes == 0:
+            return None
+        sid = self._next_sid
+        self._next_sid += 1
+        self.live[key] = sid
+        self.size[sid] = nbytes
+        self.category[sid] = category or PHASE_CATEGORY.get(self.phase, "temporaries")
+        weakref.finalize(storage, self._on_free, key, sid)
+        self._emit(True, sid)
+        return sid
+
+    def relabel(self, tensors: Iterator[torch.Tensor] | list[torch.Tensor], category: str) -> int:
+        """Set the category of the storages behind `tensors`; returns their total bytes."""
+        total = 0
+        for t in tensors:
+            sid = self.live.get(t.untyped_storage()._cdata)
+            if sid is not None:
+                self.category[sid] = category
+                total += self.size[sid]
+        return total
+
+    def _emit(self, alloc: bool, sid: int) -> None:
+        if self.recording:
+            self.events.append(Event(alloc, sid, self.size[sid], self.phase))
+
+    def _on_free(self, key: int, sid: int) -> None:
+        if self.live.get(key) == sid:
+            del self.live[key]
+            self._emit(False, sid)
+
+    @contextlib.contextmanager
+    def in_phase(self, phase: str) -> Iterator[None]:
+        previous, self.phase = self.phase, phase
+        try:
+            yield
+        finally:
+            self.phase = previous
+
+    # -- dispatch -----------------------------------------------------------------------------
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # type: ignore[no-untyped-def]
+        kwargs = kwargs or {}
+        out = _NOT_DONE
+        if self.shape_only and self.phase in SHAPE_PHASES and self._is_functional(func):
+            out = _shape_only(func, args, kwargs)
+        if out is _NOT_DONE:
+            out = func(*args, **kwargs)
+        aliasing = not self._returns_new(func)
+        for t in tree_flatten(out)[0]:
+            if isinstance(t, torch.Tensor):
+                if aliasing and t.untyped_storage()._cdata not in self.live:
+                    continue  # a view or in-place result of a storage older than the trace
+                self.track(t)
+        return out
+
+    def _returns_new(self, func: Any) -> bool:
+        new = self._fresh.get(func)
+        if new is None:
+            new = all(r.alias_info is None for r in func._schema.returns)
+            self._fresh[func] = new
+        return new
+
+    def _is_functional(self, func: Any) -> bool:
+        ok = self._functional.get(func)
+        if ok is None:
+            schema = func._schema
+            ok = (all(r.alias_info is None for r in schema.returns)
+                  and bool(schema.returns)
+                  and all(str(r.type) in ("Tensor", "Tensor[]") for r in schema.returns)
+                  and func not in _ALWAYS_REAL)
+            self._functional[func] = ok
+        return ok
+
+
+_NOT_DONE = object()
+# Ops whose result the host reads or whose meta kernel would not tell the truth.
+_ALWAYS_REAL = frozenset({aten._local_scalar_dense.default, aten.nonzero.default,
+                          aten.unique_consecutive.default, aten._unique2.default,
+                          aten.masked_select.default})
+
+
+def _shape_only(func: Any, args: Any, kwargs: Any) -> Any:
+    """Outputs from the meta kernel, materialised uninitialised: `empty` never touches the
+    pages, so a GiB of activations costs neither memset time nor resident memory. The
+    values that matter downstream are made deterministic by `_zero_` (predictions before
+    the loss, gradients before the optimizer)."""
+    margs, mkwargs = tree_map_only(torch.Tensor, lambda t: t.to("meta"), (args, kwargs))
+    try:
+        out = func(*margs, **mkwargs)
+    except Exception:  # data-dependent output shape or no meta kernel: compute it
+        return _NOT_DONE
+    return tree_map_only(
+        torch.Tensor,
+        lambda m: torch.empty_strided(m.size(), m.stride(), dtype=m.dtype), out)
+
+
+# --- replay through the allocator model ---------------------------------------------------------
+
+@dataclass
+class Replay:
+    """What the allocator model says about a recorded event stream."""
+
+    peak_allocated: int
+    peak_reserved: int
+    peak_requested: int  # raw bytes, no rounding: what a byte counter on CPU sees
+    breakdown: dict[str, int]  # allocated (block) bytes per category at the allocated peak
+    phase_peaks: dict[str, int]  # highest allocated while in each phase
+    peak_phase: str
+
+
+def replay(tracker: StorageTracker, expandable_segments: bool = True) -> Replay:
+    model = CachingAllocatorModel(expandable_segments)
+    handles: dict[int, int] = {}
+    per_cat = dict.fromkeys(CATEGORIES, 0)
+    blocks: dict[int, int] = {}
+    best = dict(per_cat)
+    phase_peaks: dict[str, int] = {}
+    peak, peak_phase = -1, ""
+    cat = tracker.category
+    for ev in tracker.events:
+        c = cat.get(ev.sid, "temporaries")
+        if ev.alloc:
+            h = model.malloc(ev.nbytes)
+            handles[ev.sid] = h
+            blocks[ev.sid] = model.block_size(h)
+            per_cat[c] += blocks[ev.sid]
+            if model.allocated > peak:
+                peak, peak_phase, best = model.allocated, ev.phase, dict(per_cat)
+            if model.allocated > phase_peaks.get(ev.phase, -1):
+                phase_peaks[ev.phase] = model.allocated
+        else:
+            h = handles.pop(ev.sid, 0)
+            if h:
+                per_cat[c] -= blocks.pop(ev.sid)
+                model.free(h)
+    return Replay(model.peak_allocated, model.peak_reserved, model.peak_requested, best,
+                  phase_peaks, peak_phase)
+
+
+def raw_peak(tracker: StorageTracker) -> int:
+    """Running maximum of raw live bytes (no allocator rounding)."""
+    live = peak = 0
+    for ev in tracker.events:
+        live += ev.nbytes if ev.alloc else -ev.nbytes
+        peak = max(peak, live)
+    return peak
+
+
+# --- the Ultralytics training step -----------------------------------------------------------
+
+@dataclass(frozen=True)
+class StepConfig:
+    batch: int
+    imgsz: int
+    objects: int = 8  # labels per training sample (after mosaic)
+    amp: str = "fp16"  # off | fp16 | bf16
+    optimizer: str = "AdamW"  # SGD | AdamW | MuSGD
+    checkpointing: bool = False
+    # Iterations traced: the first steps the optimizer (its state appears), the middle ones
+    # only accumulate gradients (Ultralytics steps every `accumulate` = round(nbs / batch)
+    # iterations, so gradients stay alive through the next forward and backward), the last
+    # steps again. The peak of an accumulating iteration is the conservative one.
+    iterations: int = 3
+    validate: bool = True
+    compute: str = "shape"  # shape | exact
+    seed: int = 0
+
+
+@dataclass
+class TraceResult:
+    config: StepConfig
+    params: int
+    trainable_params: int
+    tracker: StorageTracker
+    seconds: float
+    analytic: dict[str, int] = field(default_factory=dict)  # bytes by identity, end of step
+
+    def replay(self, expandable_segments: bool = True) -> Replay:
+        return replay(self.tracker, expandable_segments)
+
+
+def default_train_args() -> SimpleNamespace:
+    """Ultralytics' default train cfg (the loss reads box/cls/dfl gains from it)."""
+    from ultralytics.cfg import get_cfg
+
+    return get_cfg()  # type: ignore[no-any-return]
+
+
+def head_nc(model: Any) -> int:
+    """Classes of the model's detection head (what the loss and the synthetic labels use)."""
+    head = model.model[-1] if hasattr(model, "model") else None
+    nc: Any = getattr(head, "nc", None) or getattr(model, "nc", 80)
+    return int(nc)
+
+
+def prepare_model(model: Any, nc: int) -> Any:
+    """What the trainer does before training: args, nc, names, freeze the DFL conv."""
+    model.args = default_train_args()
+    model.nc = nc
+    model.names = {i: str(i) for i in range(nc)}
+    for name, p in model.named_parameters():
+        if ".dfl" in name:  # BaseTrainer always freezes '.dfl'
+            p.requires_grad = False
+        elif p.dtype.is_floating_point:
+            p.requires_grad = True
+    model.train()
+    return model
+
+
+def build_optimizer(model: torch.nn.Module, name: str, iterations: int = 1000
+                    ) -> torch.optim.Optimizer:
+    """Ultralytics' own `BaseTrainer.build_optimizer`, then CUDA's flavour of the step:
+    fused AdamW/Adam (what Ultralytics asks for on CUDA) and foreach SGD (PyTorch's CUDA
+    default; on CPU it would pick the for-loop implementation with other temporaries)."""
+    from ultralytics.engine.trainer import BaseTrainer
+
+    fake = SimpleNamespace(args=SimpleNamespace(lr0=0.01, warmup_bias_lr=0.1, optimizer=name),
+                           data={"nc": head_nc(model)})
+    from ultralytics.utils import LOGGER
+
+    build = BaseTrainer.build_optimizer  # called unbound: it reads only .args and .data
+    level = LOGGER.level
+    LOGGER.setLevel("WARNING")  # its one-line summary is not for our users
+    try:
+        opt = build(fake, model, name=name, lr=0.002,  # type: ignore[arg-type]
+                    momentum=0.9, decay=5e-4, iterations=iterations)
+    finally:
+        LOGGER.setLevel(level)
+    if isinstance(opt, torch.optim.Adam | torch.optim.AdamW):
+        groups = [{**g, "fused": True, "foreach": None} for g in opt.param_groups]
+        opt = type(opt)(groups, fused=True)
+    elif type(opt) is torch.optim.SGD:
+        for g in opt.param_groups:
+            g["foreach"] = True
+    return opt
+
+
+def synthetic_batch(batch: int, imgsz: int, objects: int, seed: int = 0, nc: int = 2
+                    ) -> dict[str, torch.Tensor]:
+    """A collated Ultralytics batch with exactly `objects` labels per image (host side)."""
+    g = torch.Generator().manual_seed(seed)
+    n = batch * objects
+    wh = 0.05 + 0.25 * torch.rand(n, 2, generator=g)
+    xy = wh / 2 + (1 - wh) * torch.rand(n, 2, generator=g)
+    return {
+        "img": torch.randint(0, 255, (batch, 3, imgsz, imgsz), dtype=torch.uint8, generator=g),
+        "batch_idx": torch.arange(batch).repeat_interleave(objects).float(),
+        "cls": torch.randint(0, nc, (n, 1), generator=g).float(),
+        "bboxes": torch.cat([xy, wh], 1),
+    }
+
+
+def _to_device(host: dict[str, torch.Tensor], half: bool) -> dict[str, torch.Tensor]:
+    """`preprocess_batch`: H2D copies (new device storages), then img.float()/255."""
+    batch = {k: v.clone() for k, v in host.items()}  # the device copies
+    img = batch["img"]
+    batch["img"] = (img.half() if half else img.float()) / 255
+    return batch
+
+
+def _autocast(amp: str) -> contextlib.AbstractContextManager[Any]:
+    if amp == "off":
+        return contextlib.nullcontext()
+    dtype = torch.float16 if amp == "fp16" else torch.bfloat16
+    return torch.autocast("cpu", dtype=dtype)
+
+
+@dataclass
+class TrainState:
+    """Everything the trainer holds before its first iteration (built outside the trace)."""
+
+    model: Any
+    ema: Any
+    optimizer: torch.optim.Optimizer
+    scaler: torch.amp.GradScaler
+    host: dict[str, torch.Tensor]
+    val_host: dict[str, torch.Tensor]
+    cfg: StepConfig
+
+
+def prepare_training(model: torch.nn.Module, cfg: StepConfig) -> TrainState:
+    """Prepare `model` like `BaseTrainer._setup_train`: args and freeze, optional activation
+    checkpointing, the EMA copy, the optimizer and the GradScaler (fp16 only)."""
+    from ultralytics.utils.torch_utils import ModelEMA
+
+    torch.manual_seed(cfg.seed)
+    nc = head_nc(model)
+    prepare_model(model, nc)
+    if cfg.checkpointing:
+        from yolofit.estimator.checkpointing import apply_checkpointing
+
+        apply_checkpointing(model)
+    ema = ModelEMA(model)
+    optimizer = build_optimizer(model, cfg.optimizer)
+    # The scale's value does not change memory; 1.0 keeps fp16 grads finite so every
+    # optimizer (also non-fused SGD, which GradScaler skips on inf) builds its state.
+    scaler = torch.amp.GradScaler("cpu", enabled=cfg.amp == "fp16", init_scale=1.0)
+    return TrainState(model, ema, optimizer, scaler,
+                      synthetic_batch(cfg.batch, cfg.imgsz, cfg.objects, cfg.seed, min(nc, 2)),
+                      synthetic_batch(2 * cfg.batch, cfg.imgsz, cfg.objects, cfg.seed + 1,
+                                      min(nc, 2)),
+                      cfg)
+
+
+def run_traced(state: TrainState, tracker: StorageTracker,
+               progress: Callable[[str], None] | None = None) -> dict[str, int]:
+    """Register what exists, then run the iterations and validation under `tracker`."""
+    cfg = state.cfg
+    for t in list(state.model.parameters()) + list(state.model.buffers()):
+        tracker.track(t, "weights")
+    for t in list(state.ema.ema.parameters()) + list(state.ema.ema.buffers()):
+        tracker.track(t, "ema")
+    tracker.phase = "step"
+    analytic: dict[str, int] = {}
+    with tracker:
+        for i in range(cfg.iterations):
+            if progress:
+                progress(f"iteration {i + 1}/{cfg.iterations}")
+            step = i == 0 or i == cfg.iterations - 1
+            found = _train_iteration(state.model, state.ema, state.optimizer, state.scaler,
+                                     state.host, cfg, tracker, step)
+            analytic.update(found)
+        if cfg.validate:
+            if progress:
+                progress("validation")
+            _validation_batch(state.ema, state.val_host, cfg, tracker)
+    tracker.recording = False
+    return analytic
+
+
+def trace_training_step(model: torch.nn.Module, cfg: StepConfig,
+                        progress: Callable[[str], None] | None = None) -> TraceResult:
+    """Trace `cfg.iterations` Ultralytics training iterations (+ validation) on CPU.
+
+    `model` is a fresh DetectionModel; it is prepared (args, freeze), wrapped for
+    activation checkpointing if asked, given an EMA copy and an optimizer, then traced.
+    """
+    state = prepare_training(model, cfg)
+    tracker = StorageTracker(cfg.compute)
+    params, trainable = count_params(model)
+    t0 = time.perf_counter()
+    analytic = run_traced(state, tracker, progress)
+    return TraceResult(cfg, params, trainable, tracker, time.perf_counter() - t0, analytic)
+
+
+def _train_iteration(model: Any, ema: Any, optimizer: torch.optim.Optimizer,
+                     scaler: torch.amp.GradScaler, host: dict[str, torch.Tensor],
+                     cfg: StepConfig, tracker: StorageTracker, step: bool = True
+                     ) -> dict[str, int]:
+    with _autocast(cfg.amp):
+        with tracker.in_phase("batch"):
+            batch = _to_device(host, half=False)
+        with tracker.in_phase("forward"):
+            preds = model(batch["img"])
+        with tracker.in_phase("loss"):
+            if tracker.shape_only:
+                _zero_(preds)
+            loss, items = model.loss(batch, preds)
+            del preds
+            total = loss.sum()
+    with tracker.in_phase("backward"):
+        scaler.scale(total).backward()
+    grads = [p.grad for p in model.parameters() if p.grad is not None]
+    analytic = {"gradients": tracker.relabel(grads, "gradients")}
+    del grads
+    if not step:  # accumulate: no unscale/clip/step/zero_grad/EMA this iteration
+        del batch, loss, items, total
+        return analytic
+    with tracker.in_phase("optimizer"):
+        if tracker.shape_only:
+            _zero_([p.grad for p in model.parameters() if p.grad is not None])
+        scaler.unscale_(optimizer)
+        torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm=10.0)
+        scaler.step(optimizer)
+        scaler.update()
+        state = [v for s in optimizer.state.values() for v in s.values()
+                 if isinstance(v, torch.Tensor)]
+        analytic["optimizer_state"] = tracker.relabel(state, "optimizer_state")
+        del state
+        optimizer.zero_grad()
+    with tracker.in_phase("ema"):
+        ema.update(model)
+    del batch, loss, items, total  # the next iteration's batch replaces them
+    return analytic
+
+
+def _validation_batch(ema: Any, host: dict[str, torch.Tensor], cfg: StepConfig,
+                      tracker: StorageTracker) -> None:
+    model = ema.ema
+    model.args = default_train_args()
+    half = cfg.amp != "off"
+    with tracker.in_phase("validation"), torch.inference_mode():
+        with tracker.in_phase("validation_batch"):
+            batch = _to_device(host, half=half)
+        with _autocast("fp16" if half else "off"):
+            preds = model(batch["img"])
+            with tracker.in_phase("validation_loss"):
+                if tracker.shape_only:
+                    _zero_(preds)
+                model.loss(batch, preds)
+        del preds, batch
+
+
+def _zero_(tree: Any) -> None:
+    """Zero uninitialised values in place (no allocation) where the step reads them."""
+    with torch.no_grad():
+        for t in tree_flatten(tree)[0]:
+            if isinstance(t, torch.Tensor) and t.dtype.is_floating_point:
+                t.data.zero_()  # .data: no version bump for autograd
+
+
+def count_params(model: torch.nn.Module) -> tuple[int, int]:
+    return (sum(p.numel() for p in model.parameters()),
+            sum(p.numel() for p in model.parameters() if p.requires_grad))
+
+
+__all__ = [
+    "CATEGORIES", "Event", "Replay", "StepConfig", "StorageTracker", "TraceResult",
+    "build_optimizer", "default_train_args", "prepare_model", "raw_peak", "replay",
+    "synthetic_batch", "trace_training_step", "prepare_training", "run_traced", "TrainState",
+]
+
