@@ -66,7 +66,7 @@ manifests: venv
 # Refresh the lock after changing dependencies in pyproject.toml.
 lock: $(BIN)/.installed
 	$(BIN)/pip install -q -e '.[dev]'
-	$(BIN)/pip freeze --exclude-editable | grep -v '^yolofit' > requirements.lock
+	$(BIN)/pip freeze --all --exclude-editable | grep -v -e '^yolofit' -e '^pip==' > requirements.lock
 
 clean:
 	-$(BIN)/yolofit sandbox down 2>/dev/null
