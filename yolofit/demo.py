@@ -18,13 +18,13 @@ import os
 import shutil
 import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
 from yolofit.sandbox.localrun import local_command, log_tail, report_to_pods, start_pods, wait_pods
 from yolofit.sandbox.paths import deploy_dir
 from yolofit.sandbox.prometheus import running_prometheus
+from yolofit.sandbox.testing import wait_for
 
 DEPLOY_DIR = deploy_dir()
 EXAMPLES = DEPLOY_DIR / "examples"
@@ -58,16 +58,6 @@ class Kubectl:
 
     def json(self, *args: str) -> Any:
         return json.loads(self(*args, "-o", "json", show=False))
-
-
-def wait(fn: Any, timeout: float, what: str) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = fn()
-        if value:
-            return value
-        time.sleep(0.5)
-    raise SystemExit(f"demo: timed out after {timeout:g}s waiting for {what}")
 
 
 def job_phase(k: Kubectl, ns: str, name: str) -> str:
@@ -106,8 +96,9 @@ def admit_samples(k: Kubectl) -> None:
     k("get", "ytj", "-A")
     # A model/size without a precomputed profile is admitted as Profiling and traced by the
     # operator off the request path; wait for those plans too.
-    wait(lambda: not any(j.get("status", {}).get("phase") in (None, "Pending", "Profiling")
-                         for j in k.json("get", "ytj", "-A")["items"]), 300, "profiling")
+    wait_for(lambda: not any(j.get("status", {}).get("phase") in (None, "Pending", "Profiling")
+                             for j in k.json("get", "ytj", "-A")["items"]), 300,
+             what="profiling")
     k("get", "ytj", "-A")
 
 
@@ -127,7 +118,7 @@ def train_tiny(k: Kubectl, kubeconfig: Path) -> None:
         shutil.rmtree(old, ignore_errors=True)
     make_synthetic_dataset(DEMO_DIR / "tiny", n_train=16, n_val=4, imgsz=320, nc=2)
     k("apply", "-f", str(EXAMPLES / "tiny-job.yaml"))
-    names = wait(lambda: _running_pods(k), 300, "the tiny job's pods to run")
+    names = wait_for(lambda: _running_pods(k), 300, what="the tiny job's pods to run")
     print(f"pods {', '.join(names)} are Running on simulated nodes; "
           "running their containers here:")
     api = config.new_client_from_config(str(kubeconfig))
@@ -151,8 +142,8 @@ def train_tiny(k: Kubectl, kubeconfig: Path) -> None:
             print(f"   job={m.get('job')} rank={m.get('rank')} gpu_class={m.get('gpu_class')}"
                   f"  {float(s['value'][1]) / 2**30:.2f} GiB (host RSS; no GPU here)")
     report_to_pods(core, "team-b", local)
-    phase = wait(lambda: job_phase(k, "team-b", "tiny") in ("Succeeded", "Failed")
-                 and job_phase(k, "team-b", "tiny"), 120, "the job to finish")
+    phase = wait_for(lambda: job_phase(k, "team-b", "tiny") in ("Succeeded", "Failed")
+                     and job_phase(k, "team-b", "tiny"), 120, what="the job to finish")
     print(f"job tiny: {phase}")
     k("get", "ytj", "tiny", "-n", "team-b")
     status = k.json("get", "ytj", "tiny", "-n", "team-b").get("status", {})

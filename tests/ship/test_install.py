@@ -19,7 +19,6 @@ import secrets
 import socket
 import ssl
 import subprocess
-import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,6 +26,8 @@ from typing import Any
 
 import pytest
 import yaml
+
+from yolofit.sandbox import testing
 
 from .conftest import CHART, ROOT
 
@@ -239,13 +240,7 @@ def write_profiles(directory: Path) -> None:
 
 
 def wait_for(what: str, fn: Callable[[], Any], timeout: float = 60) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = fn()
-        if value:
-            return value
-        time.sleep(0.5)
-    raise AssertionError(f"timed out waiting for {what}")
+    return testing.wait_for(fn, timeout, interval=0.5, what=what)
 
 
 def admission_review(hook: dict[str, Any], port: int, ca: Path, namespace: str) -> Any:
