@@ -95,7 +95,8 @@ def _find_yaml(model: str) -> Path | None:
 def _normalise(model: str) -> str:
     name = model if model.endswith((".yaml", ".yml", ".pt")) else model + ".yaml"
     stem = Path(name).stem
-    if stem in (f"yolov{d}{x}6" for x in "nsmlx" for d in (5, 8)):  # Ultralytics' P6 rename
+    # Ultralytics' P6 rename: yolov8s6 -> yolov8s-p6; its v5u weights are yolov5n6u.
+    if stem in (f"yolov{d}{x}6{u}" for x in "nsmlx" for d in (5, 8) for u in ("", "u")):
         stem = re.sub(r"(\d+)([nslmx])6(.+)?$", r"\1\2-p6\3", stem)
         name = str(Path(name).with_name(stem + Path(name).suffix))
     return name

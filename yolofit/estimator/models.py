@@ -12,7 +12,6 @@ from __future__ import annotations
 import contextlib
 import io
 import os
-import re
 from typing import Any
 
 from yolofit.estimator.profile import ModelRef, UnknownModel, model_families, resolve_model
@@ -33,10 +32,8 @@ FAMILIES: dict[str, tuple[str, ...]] = {
 
 def resolve(model: str) -> ModelRef:
     """`profile.resolve_model` with an error that names the model and lists the families."""
-    # Ultralytics names the P6 v5u weights yolov5n6u.pt; its YAML is yolov5-p6.yaml.
-    model_name = re.sub(r"^(.*yolov5[nsmlx])6u(\.(?:ya?ml|pt))?$", r"\1-p6u\2", model)
     try:
-        return resolve_model(model_name)
+        return resolve_model(model)
     except UnknownModel as exc:
         families = ", ".join(FAMILIES)
         raise UnknownModel(
