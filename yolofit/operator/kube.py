@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import json
 import ssl
-from typing import Any
+from typing import Any, cast
 
 import aiohttp
 import kubernetes
@@ -77,7 +77,8 @@ class Kube:
         # Token kubeconfigs and in-cluster service accounts: the client keeps the token under
         # "BearerToken" (older versions: "authorization"); auth_settings() covers both and
         # runs the refresh hook (projected service-account tokens rotate).
-        for setting in self.cfg.auth_settings().values():
+        settings = cast(dict[str, dict[str, Any]], self.cfg.auth_settings())
+        for setting in settings.values():
             if setting.get("in") == "header" and setting.get("value"):
                 headers[str(setting["key"]).title()] = str(setting["value"])
         data = json.dumps(body) if body is not None else None
