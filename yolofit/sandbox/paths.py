@@ -37,3 +37,13 @@ def deploy_dir() -> Path:
             "run from a yolofit checkout or set YOLOFIT_DEPLOY_DIR"
         )
     return path
+
+
+def tool(name: str) -> str | None:
+    """A command installed beside this interpreter (the venv's kubectl, hadolint, yolofit),
+    else the one on PATH; None when neither exists."""
+    import shutil
+    import sys
+
+    local = Path(sys.executable).with_name(name)
+    return str(local) if local.exists() else shutil.which(name)
