@@ -1,8 +1,9 @@
 """The fit planner: pure arithmetic from (request, GPU classes, profiles) to a Plan.
 
 Levers, in order (issue 3, item 5): AMP (a pinned choice is kept; otherwise fp16, or bf16
-where the class has it), the largest batch per GPU that fits, gradient accumulation so
-batch x world x accumulate ~ nbs, activation checkpointing only when even the smallest
+where the class has it), the largest batch per GPU that fits and keeps the effective batch
+batch x world x accumulate within NBS_TOLERANCE_PERCENT of nbs (issue 14), gradient
+accumulation by Ultralytics' own rule, activation checkpointing only when even the smallest
 batch does not fit, and - only when the policy allows it - a smaller imgsz.
 
 The largest batch comes in closed form from the profile's linear terms, checked against
@@ -34,12 +35,18 @@ from yolofit.estimator.profile import (
 )
 from yolofit.units import format_bytes
 
-__all__ = ["AMP_CHOICES", "GpuClass", "Plan", "PlanRequest", "ProfileMissing", "accumulate_for",
-           "auto_optimizer", "batch_cap", "choose_amp", "plan", "plan_for_class",
-           "validate_request"]
+__all__ = ["AMP_CHOICES", "NBS_TOLERANCE_PERCENT", "GpuClass", "Plan", "PlanRequest",
+           "ProfileMissing", "accumulate_for", "auto_optimizer", "batch_cap", "batch_for_nbs",
+           "choose_amp", "effective_batch", "nbs_text", "nbs_tolerance", "plan",
+           "plan_for_class", "validate_request"]
 
 AMP_CHOICES: tuple[str, ...] = ("auto", "fp16", "bf16", "off")
 IMGSZ_STEP = 32  # Ultralytics rounds imgsz to a multiple of the max stride (32)
+# How far batch x world x accumulate may land from nbs before the planner gives up batch per GPU
+# to come closer. Ultralytics scales weight decay by effective / nbs, so a few percent change
+# nothing measurable, while hitting nbs exactly can cost most of the batch (nbs 62 on one GPU:
+# only batch 31, 2 or 1 give 62). Never tighter than what batch 1 reaches (see nbs_tolerance).
+NBS_TOLERANCE_PERCENT = 10
 _BLOCK = 2 * 2**20  # slack for the 2 MiB rounding of the fragmentation margin
 
 
@@ -158,8 +165,54 @@ def auto_optimizer(images: int, epochs: int, nbs: int = 64, batch: int = 0) -> s
 
 
 def accumulate_for(batch_per_gpu: int, world_size: int, nbs: int) -> int:
-    """Ultralytics' own rule on the global batch: max(round(nbs / batch), 1)."""
+    """Ultralytics' own rule on the global batch: max(round(nbs / batch), 1). For a given
+    global batch g this is the accumulation whose g x accumulate is nearest nbs (round() is
+    the nearest integer), so Ultralytics, given the job's own nbs, always lands on the
+    plan's accumulate; keeping the effective batch near nbs is the choice of the batch."""
     return max(round(nbs / (batch_per_gpu * world_size)), 1)
+
+
+def effective_batch(batch_per_gpu: int, world_size: int, nbs: int) -> int:
+    """Images per optimizer step: batch x world x accumulate, accumulate by Ultralytics."""
+    return batch_per_gpu * world_size * accumulate_for(batch_per_gpu, world_size, nbs)
+
+
+def nbs_tolerance(world_size: int, nbs: int) -> int:
+    """How far the effective batch may be from nbs: NBS_TOLERANCE_PERCENT of nbs, or how
+    close any batch gets if that is farther. Every effective batch is a multiple of the world
+    size and batch 1 reaches the multiple nearest nbs, so batch 1 is always within it."""
+    closest = abs(effective_batch(1, world_size, nbs) - nbs)
+    return max(nbs * NBS_TOLERANCE_PERCENT // 100, closest)
+
+
+def batch_for_nbs(largest: int, world_size: int, nbs: int, tolerance: int | None = None) -> int:
+    """The largest batch per GPU in [1, largest] whose effective batch is within `tolerance`
+    (default nbs_tolerance) of nbs; batch 1 when none is (it is the closest any batch gets).
+    `largest` is what memory allows. Plans and OOM re-plans both choose through this."""
+    if tolerance is None:
+        tolerance = nbs_tolerance(world_size, nbs)
+    for batch in range(max(largest, 1), 1, -1):
+        if abs(effective_batch(batch, world_size, nbs) - nbs) <= tolerance:
+            return batch
+    return 1
+
+
+def nbs_text(batch_per_gpu: int, world_size: int, nbs: int, largest: int | None = None) -> str:
+    """Why the effective batch is what it is, in words ("" when it is nbs at the largest
+    batch that fits)."""
+    eff = effective_batch(batch_per_gpu, world_size, nbs)
+    acc = accumulate_for(batch_per_gpu, world_size, nbs)
+    text = ""
+    if largest is not None and largest > batch_per_gpu:
+        far = effective_batch(largest, world_size, nbs)
+        text = (f"batch {batch_per_gpu} per GPU, not the {largest} that fits: {largest} x "
+                f"{world_size} GPU(s) would step every {far} images, more than "
+                f"{NBS_TOLERANCE_PERCENT}% from nbs {nbs}; ")
+    if eff != nbs or text:
+        text += (f"effective batch {batch_per_gpu} x {world_size} x accumulate {acc} = {eff} "
+                 f"(nbs {nbs}; Ultralytics derives accumulate {acc} = round({nbs} / "
+                 f"{batch_per_gpu * world_size}) itself)")
+    return text
 
 
 def batch_cap(req: PlanRequest) -> int:
@@ -333,6 +386,7 @@ class _Outcome:
     amp: str
     fit: _Fit | None  # the profile that fits, or the last one tried; None: amp impossible
     batch: int  # 0 when nothing fits
+    largest: int = 0  # the largest batch that fits (batch is at most this, for nbs)
 
 
 def _search(req: PlanRequest, gpu: GpuClass, store: ProfileStore) -> _Outcome:
@@ -353,18 +407,20 @@ def _search(req: PlanRequest, gpu: GpuClass, store: ProfileStore) -> _Outcome:
                 continue
             last = fit = _Fit(profile, gpu, req)
             if req.batch_per_gpu is not None:
-                batch = req.batch_per_gpu if fit.fits(req.batch_per_gpu) else 0
+                batch = largest = req.batch_per_gpu if fit.fits(req.batch_per_gpu) else 0
             else:
-                batch = fit.largest(batch_cap(req))
+                largest = fit.largest(batch_cap(req))
+                batch = batch_for_nbs(largest, req.world_size, req.nbs) if largest else 0
             if batch >= 1:
-                return _Outcome(amp, fit, batch)
+                return _Outcome(amp, fit, batch, largest)
     return _Outcome(amp, last, 0)
 
 
 def _as_plan(out: _Outcome, req: PlanRequest, gpu: GpuClass) -> Plan:
     if out.batch:
         assert out.fit is not None
-        return _fitted(out.fit, out.batch, req, out.amp, out.fit.profile.key.imgsz)
+        fitted = _fitted(out.fit, out.batch, req, out.amp, out.fit.profile.key.imgsz)
+        return replace(fitted, reason=nbs_text(out.batch, req.world_size, req.nbs, out.largest))
     if out.fit is None:
         return _no_fit(None, gpu, req, out.amp, req.imgsz,
                        f"amp=bf16 is pinned but {gpu.name} has no bf16 (needs sm80 or newer)")

@@ -2,8 +2,9 @@
 
 - `parse_summary`: a rank's termination message (JSON, ARCHITECTURE.md) -> RankMeasurement.
 - `measured`: per-rank peaks, their max and the relative error vs the plan's estimate.
-- `next_plan`: the OOM re-plan: smaller batch per GPU, accumulation raised so the
-  effective batch stays the nominal one, checkpointing when batch 1 was already too big.
+- `next_plan`: the OOM re-plan: smaller batch per GPU chosen as the planner chooses it
+  (effective batch within the planner's tolerance of nbs, accumulation by Ultralytics' rule),
+  checkpointing when batch 1 was already too big.
 - `update_margin` and the ConfigMap codec: the learned margin per (model, class),
   persisted in the cluster so it survives operator restarts.
 """
@@ -15,6 +16,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from yolofit.estimator import planner
 from yolofit.operator.api import Measured, Plan, RankMeasurement
 from yolofit.units import format_bytes
 
@@ -70,8 +72,8 @@ def measured(ranks: Iterable[RankMeasurement], estimate_bytes: int) -> Measured 
 
 
 def accumulate_for(nbs: int, batch_per_gpu: int, gpus: int) -> int:
-    """Ultralytics' rule: accumulate = max(round(nbs / global batch), 1)."""
-    return max(round(nbs / (batch_per_gpu * gpus)), 1)
+    """Ultralytics' rule: accumulate = max(round(nbs / global batch), 1) (the planner's)."""
+    return planner.accumulate_for(batch_per_gpu, gpus, nbs)
 
 
 @dataclass(frozen=True)
@@ -81,13 +83,14 @@ class Replanned:
 
 
 def smaller_batch(old: int, cap: int, nbs: int, gpus: int) -> int:
-    """The largest batch per GPU below `old` and at most `cap` whose global batch divides
-    the nominal batch (so accumulation keeps the effective batch exactly nbs); else `cap`."""
-    limit = max(min(old - 1, cap), 1)
-    for batch in range(limit, 0, -1):
-        if nbs % (batch * gpus) == 0:
-            return batch
-    return limit
+    """The largest batch per GPU below `old` and at most `cap` whose effective batch is no
+    farther from nbs than the old one's, nor than the planner's tolerance
+    (planner.batch_for_nbs): a re-plan never moves the effective batch away from nbs
+    (3 GPUs, nbs 64, 16 per GPU: 7 x 3 x 3 = 63, not 8 x 3 x 3 = 72). Batch 1 always
+    qualifies: it reaches the multiple of the world size nearest nbs."""
+    before = abs(planner.effective_batch(old, gpus, nbs) - nbs)
+    tolerance = min(planner.nbs_tolerance(gpus, nbs), before)
+    return planner.batch_for_nbs(max(min(old - 1, cap), 1), gpus, nbs, tolerance)
 
 
 def next_plan(old: Plan, planned: Plan | None, nbs: int, allow_checkpointing: bool) -> Replanned:
@@ -101,12 +104,17 @@ def next_plan(old: Plan, planned: Plan | None, nbs: int, allow_checkpointing: bo
             cap = planned.batch_per_gpu
         batch = smaller_batch(old.batch_per_gpu, cap, nbs, old.gpus)
         scale = batch / old.batch_per_gpu
+        effective = planner.nbs_text(batch, old.gpus, nbs)
         new = old.model_copy(update={
             "batch_per_gpu": batch, "accumulate": accumulate_for(nbs, batch, old.gpus),
             "predicted_allocated_bytes": int(old.predicted_allocated_bytes * scale),
-            "reason": f"OOM at batch {old.batch_per_gpu} per GPU"})
+            "reason": f"OOM at batch {old.batch_per_gpu} per GPU"
+                      + (f"; {effective}" if effective else "")})
+        before = old.batch_per_gpu * old.gpus * old.accumulate
+        after = batch * old.gpus * new.accumulate
         return Replanned(new, f"batch per GPU {old.batch_per_gpu} -> {batch}, accumulate "
-                         f"{old.accumulate} -> {new.accumulate}")
+                         f"{old.accumulate} -> {new.accumulate} (effective batch {before} -> "
+                         f"{after}, nbs {nbs})")
     if allow_checkpointing and not old.checkpointing:
         new = old.model_copy(update={"checkpointing": True,
                                      "reason": "OOM at batch 1: activation checkpointing"})
