@@ -11,9 +11,13 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
+
 from yolofit.sandbox.localrun import wait_pods
 
 from .launch import Job, start_ranks
+
+pytestmark = pytest.mark.slow  # real DDP training: ranks run as subprocesses
 
 
 def test_two_ranks_train_one_model(dataset: Path, tmp_path: Path) -> None:

@@ -4,9 +4,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from yolofit.sandbox.localrun import wait_pods
 
 from .launch import Job, start_ranks
+
+pytestmark = pytest.mark.slow  # `yolofit train` subprocesses, several train until they fail
 
 
 def test_missing_dataset_fails_with_exit_2_and_names_the_path(tmp_path: Path) -> None:

@@ -59,6 +59,7 @@ def test_ultralytics_arguments(device: torch.device, amp: str, expected: tuple) 
     assert args["model"] == "yolov8n.yaml" and args["lr0"] == 0.02 and args["plots"] is False
 
 
+@pytest.mark.slow  # a real (one-epoch) Ultralytics training in this process
 def test_checkpointing_is_applied_to_the_model_ultralytics_trains(
     dataset: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -5,9 +5,13 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
+
 from yolofit.sandbox.localrun import wait_pods
 
 from .launch import Job, start_ranks
+
+pytestmark = pytest.mark.slow  # real DDP training: a pod's ranks run as subprocesses
 
 
 def test_pod_with_two_local_ranks(dataset: Path, tmp_path: Path) -> None:

@@ -17,6 +17,8 @@ from yolofit.sandbox.prometheus import running_prometheus
 
 from .launch import Job, start_ranks
 
+pytestmark = pytest.mark.slow  # real DDP training scraped by a real Prometheus
+
 
 def test_prometheus_scrapes_peak_memory_of_both_ranks(dataset: Path, tmp_path: Path) -> None:
     job = Job(data=dataset, output=tmp_path / "runs", nodes=2, epochs=2)

@@ -18,7 +18,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from yolofit.sandbox.localrun import free_port
+
+pytestmark = pytest.mark.slow  # real training with the stock Ultralytics trainer, in a subprocess
 
 SCRIPT = """
 import json, sys

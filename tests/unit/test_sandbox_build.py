@@ -5,16 +5,19 @@ from __future__ import annotations
 
 import shutil
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from yolofit.sandbox import build
 from yolofit.sandbox.errors import SandboxError
 
-needs_go = pytest.mark.skipif(
-    shutil.which("go") is None and not any(Path(p).exists() for p in build.GO_FALLBACKS),
-    reason="needs the Go toolchain",
-)
+_no_go = shutil.which("go") is None and not any(Path(p).exists() for p in build.GO_FALLBACKS)
+
+
+def needs_go(test: Any) -> Any:
+    """Real `go build` runs: the slow tier, and only where Go is installed."""
+    return pytest.mark.slow(pytest.mark.skipif(_no_go, reason="needs the Go toolchain")(test))
 
 
 @pytest.fixture

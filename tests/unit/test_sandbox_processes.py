@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import socket
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -53,11 +52,11 @@ def test_component_not_healthy_in_time_times_out(tmp_path: Path) -> None:
         [sys.executable, "-c", "print('still starting', flush=True); import time; time.sleep(60)"],
         tmp_path / "a.log",
     )
-    started = time.monotonic()
     try:
         with pytest.raises(SandboxError) as err:
             processes.wait_healthy(proc, lambda: "GET /readyz: HTTP 500", timeout=1)
-        assert time.monotonic() - started < 5
+        # It gave up on its own timeout, not by waiting for the process (which sleeps 60 s).
+        assert proc.alive()
         assert str(err.value).startswith(
             "kube-apiserver not healthy after 1s (GET /readyz: HTTP 500)\n"
         )
