@@ -42,6 +42,7 @@ def operator(sandbox: Any, crds: None, kubectl: Callable[..., Any], profile_dir:
     from yolofit.operator.testing import OperatorProcess
 
     kubectl("create", "namespace", "yolofit-system", check=False)
+    forget_learned_margins(kubectl)
     op = OperatorProcess(
         sandbox.kubeconfig, tmp_path_factory.mktemp("operator"),
         env={"YOLOFIT_PROFILE_DIR": str(profile_dir),
@@ -54,6 +55,14 @@ def operator(sandbox: Any, crds: None, kubectl: Callable[..., Any], profile_dir:
     finally:
         op.stop(kubectl)
         kubectl("delete", "gpucapacitypolicy", "default", "--ignore-not-found", check=False)
+        forget_learned_margins(kubectl)
+
+
+def forget_learned_margins(kubectl: Callable[..., Any]) -> None:
+    """Learned margins persist in a ConfigMap (that is their point): an OOM in one module
+    would change the plans of the next. Each module's operator starts without them."""
+    kubectl("delete", "configmap", "-n", "yolofit-system", "yolofit-learned-margins",
+            "--ignore-not-found", check=False)
 
 
 @pytest.fixture
