@@ -5,30 +5,78 @@
 A separate process because the operator's metrics live in a module-level registry: the test
 process's own metrics stay untouched. The operator side is `yolofit.operator.metrics.REGISTRY`
 (what `yolofit operator` serves); each trainer port is one rank's `TrainerMetrics` (what
-`yolofit train` serves). Label values are the ones the operator and trainer write. Every second
-it adds another admission, step, OOM, ... so rate() and increase() have something to show.
-Prints "serving" once all ports listen; runs until killed.
+`yolofit train` serves). Label values are the ones the operator and trainer write, read from
+their code (the API's phases; the literals the operator passes to `.labels(...)` and
+`counted(...)`), so a renamed label value reaches the dashboards' test instead of a stale copy.
+Every second it adds another admission, step, OOM, ... so rate() and increase() have something
+to show. Prints "serving" once all ports listen; runs until killed.
 """
 
 from __future__ import annotations
 
+import ast
 import sys
 import time
+import typing
+from pathlib import Path
 
 from prometheus_client import start_http_server
 
 from yolofit.operator import metrics as op
+from yolofit.operator.api import Phase
 from yolofit.trainer.exporter import TrainerMetrics
 from yolofit.trainer.memory import MemoryPeaks
 
 GiB = 1 << 30
 NAMESPACE, JOB, GPU_CLASS = "team-a", "yolov8s-coco", "t4"
-PHASES = ("Pending", "Profiling", "Queued", "Admitted", "Running", "Succeeded", "Failed")
+OPERATOR_CODE = Path(op.__file__).parent
+PHASES: tuple[str, ...] = typing.get_args(Phase)
+
+
+def _calls(name: str) -> list[ast.Call]:
+    """Every call of `<...>.name(...)` or `name(...)` in the operator's modules."""
+    found = []
+    for path in sorted(OPERATOR_CODE.glob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Call):
+                f = node.func
+                if (isinstance(f, ast.Attribute) and f.attr == name) or (
+                        isinstance(f, ast.Name) and f.id == name):
+                    found.append(node)
+    return found
+
+
+def _label_calls(metric: str) -> list[ast.Call]:
+    """Calls of `metrics.<metric>.labels(...)`."""
+    return [c for c in _calls("labels") if isinstance(c.func, ast.Attribute)
+            and isinstance(c.func.value, ast.Attribute) and c.func.value.attr == metric]
+
+
+def _literal(call: ast.Call, position: int) -> str | None:
+    arg = call.args[position] if len(call.args) > position else None
+    return arg.value if isinstance(arg, ast.Constant) else None
+
+
+def label_values(metric: str, position: int) -> tuple[str, ...]:
+    """The string literals the operator passes as label `position` of `metrics.<metric>`."""
+    return tuple(sorted({v for c in _label_calls(metric) if (v := _literal(c, position))}))
+
+
+def webhook_names() -> tuple[str, ...]:
+    """The webhooks counted (webhooks.counted("mutate"), ...)."""
+    return tuple(sorted({v for c in _calls("counted") if (v := _literal(c, 0))}))
+
+
+ADMISSION_RESULTS = label_values("ADMISSIONS", 0)
+WEBHOOK_RESULTS = label_values("WEBHOOK_REQUESTS", 1)
+WEBHOOKS = webhook_names()
+# Results admitted to a class carry it; the others are written with gpu_class "".
+CLASSLESS_RESULTS = {_literal(c, 0) for c in _label_calls("ADMISSIONS") if _literal(c, 1) == ""}
 
 
 def operator_tick(n: int) -> None:
-    for result in ("admitted", "queued", "profiling", "rejected"):
-        op.ADMISSIONS.labels(result, "" if result in ("rejected", "profiling") else GPU_CLASS,
+    for result in ADMISSION_RESULTS:
+        op.ADMISSIONS.labels(result, "" if result in CLASSLESS_RESULTS else GPU_CLASS,
                              NAMESPACE).inc()
     for i, phase in enumerate(PHASES):
         op.JOBS.labels(phase, NAMESPACE).set(i + 1)
@@ -38,8 +86,8 @@ def operator_tick(n: int) -> None:
     op.ESTIMATE_ERROR.labels(GPU_CLASS).observe(0.15 - 0.02 * (n % 4))
     op.OOMS.labels(GPU_CLASS, NAMESPACE).inc()
     op.REPLANS.labels(GPU_CLASS, NAMESPACE).inc()
-    for webhook in ("mutate", "validate"):
-        for result in ("allowed", "denied", "error"):
+    for webhook in WEBHOOKS:
+        for result in WEBHOOK_RESULTS:
             op.WEBHOOK_REQUESTS.labels(webhook, result).inc()
 
 

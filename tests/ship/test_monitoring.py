@@ -79,6 +79,17 @@ def test_metric_names_are_ones_the_project_exports(name: str, expr: str) -> None
     assert not unknown, f"{name}: {sorted(unknown)} not exported by the operator or trainer"
 
 
+def test_the_exporters_label_values_come_from_the_operators_code() -> None:
+    """exporters.py reads the label values from the operator's `.labels(...)` calls; the
+    scan must find them (an empty scan would leave the dashboards' queries without data)."""
+    from . import exporters
+
+    assert len(exporters.PHASES) >= 5 and "Succeeded" in exporters.PHASES
+    assert len(exporters.ADMISSION_RESULTS) >= 3 and len(exporters.WEBHOOKS) >= 2
+    assert len(exporters.WEBHOOK_RESULTS) >= 2
+    assert exporters.CLASSLESS_RESULTS < set(exporters.ADMISSION_RESULTS)
+
+
 @pytest.fixture(scope="module")
 def scraped(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Prometheus]:
     """A real Prometheus that has scraped the real exporters (operator + 2 trainer ranks)."""
