@@ -39,7 +39,14 @@ def test_two_ranks_train_one_model(dataset: Path, tmp_path: Path) -> None:
         assert all(loss > 0 for loss in rep["losses"]), rep["losses"]
         assert rep["world_size"] == 2
         assert rep["batch_per_rank"] * rep["world_size"] * rep["accumulate"] == job.nbs == 8
-    # Each rank trained on its own shard: different data -> different losses.
+    # Each rank trained on its own shard: per epoch, the two ranks' samplers gave disjoint
+    # halves of the 8 training images, together all of them.
+    shards = [rep["shards"] for rep in reports]
+    assert len(shards[0]) == len(shards[1]) == 2  # epochs
+    for epoch in range(2):
+        mine, theirs = set(shards[0][epoch]), set(shards[1][epoch])
+        assert len(mine) == len(theirs) == 4 and not mine & theirs
+        assert len(mine | theirs) == 8
     assert reports[0]["losses"] != reports[1]["losses"]
 
     for rank, r in enumerate(ranks):
@@ -72,4 +79,8 @@ def test_two_ranks_with_activation_checkpointing(dataset: Path, tmp_path: Path) 
     ]
     assert reports[0]["checkpointed_modules"] > 5
     assert reports[0]["model"]["parameters"] == reports[1]["model"]["parameters"]
+    # It really trained: 8 images / (2 per rank x 2 ranks) = 2 steps on each rank (an empty
+    # loss list would make the loss check below pass vacuously).
+    assert [rep["steps"] for rep in reports] == [2, 2]
+    assert [len(rep["losses"]) for rep in reports] == [2, 2]
     assert all(loss > 0 for rep in reports for loss in rep["losses"])

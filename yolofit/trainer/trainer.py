@@ -255,6 +255,7 @@ class RunState:
         self.accumulate: int | None = None
         self.batch_per_rank: int | None = None
         self.checkpointed_modules = 0
+        self.shards: list[list[str]] = []  # per epoch: the images this rank's sampler gave it
         self._t_prev = time.perf_counter()
 
     def maybe_inject_oom(self) -> None:
@@ -288,6 +289,16 @@ class RunState:
             self.metrics.observe_step(dt, images, items)
             self.metrics.set_memory(self.memory.peaks())
 
+    def on_train_epoch_end(self, trainer: Any) -> None:
+        """Record this rank's shard of the epoch (DDP only). Iterating a DistributedSampler
+        has no side effect: it reseeds from seed + epoch, which Ultralytics set this epoch."""
+        from torch.utils.data.distributed import DistributedSampler
+
+        sampler = getattr(trainer.train_loader, "sampler", None)
+        if isinstance(sampler, DistributedSampler):
+            files = trainer.train_loader.dataset.im_files
+            self.shards.append(sorted(Path(files[i]).name for i in sampler))
+
     @property
     def images_per_second(self) -> float:
         return self.images / self.train_seconds if self.train_seconds else 0.0
@@ -307,6 +318,7 @@ class RunState:
             "model": state_hashes(unwrap_model(trainer.model)),
             "ema": state_hashes(trainer.ema.ema) if trainer.ema else None,
             "checkpointed_modules": self.checkpointed_modules,
+            "shards": self.shards,
             "save_dir": str(trainer.save_dir),
             "amp": bool(trainer.amp),
         }
@@ -350,7 +362,8 @@ def train(
         init_process_group(topo, device.type, cfg.ddp_timeout_seconds)
     try:
         trainer = YolofitTrainer(run, ultralytics_overrides(cfg, topo, device))
-        for event in ("on_train_start", "on_train_epoch_start", "on_train_batch_end"):
+        for event in ("on_train_start", "on_train_epoch_start", "on_train_batch_end",
+                      "on_train_epoch_end"):
             trainer.add_callback(event, getattr(run, event))
         try:
             trainer.train()
