@@ -13,7 +13,7 @@ CACHE  ?= $(HOME)/.cache/yolofit
 WHEELS := $(CACHE)/wheels
 export YOLO_OFFLINE := 1
 
-.PHONY: setup venv system-deps binaries test test-unit lint demo bench manifests lock clean
+.PHONY: setup venv system-deps binaries test test-unit test-gpu lint demo bench manifests lock clean
 
 setup: venv system-deps binaries
 
@@ -47,8 +47,16 @@ lint: venv
 test: setup lint
 	$(BIN)/pytest -p no:cacheprovider
 
+# The fast tier: no control plane, no real training, no Go build (those are integration/slow).
 test-unit: venv
-	$(BIN)/pytest -p no:cacheprovider -m "not integration and not slow"
+	$(BIN)/pytest -p no:cacheprovider -m "not integration and not slow and not gpu"
+
+# The GPU tier, for a machine with CUDA: the trainer's CUDA memory tracking, the allocator model
+# against the real caching allocator (expandable segments on and off), bf16/fp16 AMP and one
+# real training run against its estimate. A few minutes; elsewhere every test is skipped with
+# the reason. Needs only the venv.
+test-gpu: venv
+	$(BIN)/pytest -p no:cacheprovider -m gpu -rs tests/gpu
 
 demo: setup
 	$(BIN)/python -m yolofit.demo
