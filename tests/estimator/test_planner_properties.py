@@ -34,7 +34,7 @@ from .builders import HASH, GiB, MiB, gpu, key, profile
 BRANCHES = ("largest batch (memory-bound)", "capped at nbs / world", "checkpointing plan",
             "pinned batch", "does not fit")
 AIMS = ("largest", "capped", "checkpointing", "pinned", "no_fit")
-MIN_SHARE = 0.10  # of the examples, per branch (measured: 17-23 %, see the test below)
+MIN_SHARE = 0.10  # of the examples, per branch (measured: 15-25 %; 11-31 % over 8 seeds)
 
 
 @dataclass(frozen=True)
@@ -116,6 +116,9 @@ def scenarios(draw: st.DrawFn) -> Scenario:
         fitted = with_budget(g, device(plain, cap(req), req, g),
                              device(plain, cap(req), req, g) * 2, u)
     elif aim == "checkpointing":
+        # the boundary must sit below where batch 1 fits without checkpointing
+        while boundary > 1 and device(ckpt, boundary, req, g) >= device(plain, 1, req, g):
+            boundary -= 1
         fitted = with_budget(g, device(ckpt, boundary, req, g),
                              min(device(ckpt, boundary + 1, req, g),
                                  device(plain, 1, req, g)) - 1, u)
@@ -200,7 +203,7 @@ def test_scenarios_reach_every_branch() -> None:
     """The share of each branch the scenarios reach, as the planner answers them."""
     seen: Counter[str] = Counter()
 
-    @settings(max_examples=400, deadline=None, database=None)
+    @settings(max_examples=400, deadline=None, database=None, derandomize=True)
     @given(s=scenarios())
     def sample(s: Scenario) -> None:
         seen[branch(s, plan_for_class(s.req, s.gpu, s.store))] += 1
