@@ -21,6 +21,7 @@ from yolofit.estimator.checkpointing import (  # noqa: E402
 from yolofit.estimator.models import build_model  # noqa: E402
 
 
+@pytest.mark.slow  # full forward and backward passes of three real models, twice each
 @pytest.mark.parametrize("name", ["yolov8n.yaml", "yolo11n.yaml", "yolo26n.yaml"])
 def test_outputs_gradients_buffers_and_keys_are_unchanged(name: str) -> None:
     torch.manual_seed(0)
@@ -60,6 +61,7 @@ def test_eval_and_no_grad_skip_checkpointing_and_copies_survive() -> None:
     assert remove_checkpointing(model) == apply_checkpointing(model)
 
 
+@pytest.mark.slow  # two real traced training steps
 def test_traced_activations_drop_with_checkpointing() -> None:
     model = build_model("yolov8n.yaml")
     results = {}

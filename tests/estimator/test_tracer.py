@@ -53,6 +53,7 @@ def _bn_buffer_bytes(model: nn.Module) -> int:
     return total
 
 
+@pytest.mark.slow  # three real traced training steps of yolov8n
 @pytest.mark.parametrize("optimizer", ["AdamW", "SGD", "MuSGD"])
 def test_weights_gradients_optimizer_state_ema_are_analytic(v8n: nn.Module,
                                                             optimizer: str) -> None:
@@ -116,6 +117,7 @@ def test_conv_stack_activations_equal_hand_computed_saved_tensors() -> None:
     assert live["activations"] == x.numel() * F32
 
 
+@pytest.mark.slow  # real (exact-compute) training steps under the torch profiler
 @pytest.mark.parametrize(("imgsz", "amp"), [(96, "off"), (128, "fp16")])
 def test_peak_agrees_with_torch_profiler(v8n: nn.Module, imgsz: int, amp: str) -> None:
     """Same CPU step, two counters: ours (op outputs) and the profiler's (the CPU allocator).
@@ -146,6 +148,7 @@ def test_peak_agrees_with_torch_profiler(v8n: nn.Module, imgsz: int, amp: str) -
     assert abs(prof_end - ours_end) < 1024
 
 
+@pytest.mark.slow  # a real exact-compute trace next to the shape-only one
 def test_shape_compute_has_the_same_memory_events_as_exact(v8n: nn.Module) -> None:
     exact = _trace(v8n, imgsz=128, amp="fp16", compute="exact")
     shape = _trace(v8n, imgsz=128, amp="fp16", compute="shape")
@@ -162,6 +165,7 @@ def test_breakdown_sums_to_peak_and_peak_is_in_training(v8n: nn.Module) -> None:
     assert r.peak_reserved >= r.peak_allocated >= r.peak_requested
 
 
+@pytest.mark.slow  # two real traces
 def test_amp_halves_activations(v8n: nn.Module) -> None:
     """fp16 activations are half of fp32 ones; the fp16 weight copies autocast keeps for
     backward (6 MB for yolov8n) count in activations too, so use an imgsz where the
@@ -171,6 +175,7 @@ def test_amp_halves_activations(v8n: nn.Module) -> None:
     assert fp16.breakdown["activations"] < 0.65 * off.breakdown["activations"]
 
 
+@pytest.mark.slow  # two real traces
 def test_dense_labels_grow_the_loss(v8n: nn.Module) -> None:
     sparse = _trace(v8n, imgsz=128, objects=4, compute="shape").replay()
     dense = _trace(v8n, imgsz=128, objects=400, compute="shape").replay()
