@@ -336,7 +336,8 @@ def _imgsz_candidates(req: PlanRequest, store: ProfileStore, key: ProfileKey) ->
     return [req.imgsz, *smaller]
 
 
-def _fitted(fit: _Fit, batch: int, req: PlanRequest, amp: str, imgsz: int) -> Plan:
+def _fitted(fit: _Fit, batch: int, req: PlanRequest, amp: str, imgsz: int,
+            reason: str = "") -> Plan:
     est = fit.estimate(batch)
     gpu, key = fit.gpu, fit.profile.key
     acc = accumulate_for(batch, req.world_size, req.nbs)
@@ -349,7 +350,8 @@ def _fitted(fit: _Fit, batch: int, req: PlanRequest, amp: str, imgsz: int) -> Pl
         utilisation=est.device_total_bytes / gpu.usable_bytes, breakdown=est.breakdown,
         ultralytics_args={"batch": batch * req.world_size, "nbs": req.nbs, "amp": amp != "off",
                           "imgsz": imgsz},
-        budget_bytes=gpu.budget_bytes, world_size=req.world_size, profile_id=key.id)
+        budget_bytes=gpu.budget_bytes, world_size=req.world_size, profile_id=key.id,
+        reason=reason)
 
 
 def _levers_text(amp: str, checkpointing: bool) -> str:
@@ -419,8 +421,8 @@ def _search(req: PlanRequest, gpu: GpuClass, store: ProfileStore) -> _Outcome:
 def _as_plan(out: _Outcome, req: PlanRequest, gpu: GpuClass) -> Plan:
     if out.batch:
         assert out.fit is not None
-        fitted = _fitted(out.fit, out.batch, req, out.amp, out.fit.profile.key.imgsz)
-        return replace(fitted, reason=nbs_text(out.batch, req.world_size, req.nbs, out.largest))
+        return _fitted(out.fit, out.batch, req, out.amp, out.fit.profile.key.imgsz,
+                       nbs_text(out.batch, req.world_size, req.nbs, out.largest))
     if out.fit is None:
         return _no_fit(None, gpu, req, out.amp, req.imgsz,
                        f"amp=bf16 is pinned but {gpu.name} has no bf16 (needs sm80 or newer)")
