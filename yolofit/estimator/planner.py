@@ -206,8 +206,8 @@ def nbs_text(batch_per_gpu: int, world_size: int, nbs: int, largest: int | None 
     if largest is not None and largest > batch_per_gpu:
         far = effective_batch(largest, world_size, nbs)
         text = (f"batch {batch_per_gpu} per GPU, not the {largest} that fits: {largest} x "
-                f"{world_size} GPU(s) would step every {far} images, more than "
-                f"{NBS_TOLERANCE_PERCENT}% from nbs {nbs}; ")
+                f"{world_size} GPU(s) would step every {far} images, {abs(far - nbs)} from "
+                f"nbs {nbs}; ")
     if eff != nbs or text:
         text += (f"effective batch {batch_per_gpu} x {world_size} x accumulate {acc} = {eff} "
                  f"(nbs {nbs}; Ultralytics derives accumulate {acc} = round({nbs} / "
