@@ -42,7 +42,7 @@ def run(coro: Any) -> Any:
     return asyncio.run(coro)
 
 
-def test_plans_without_webhooks_launches_once_and_is_idempotent(tmp_path: Path) -> None:
+def test_never_launches_a_user_written_spec_plan_and_is_idempotent(tmp_path: Path) -> None:
     world = World(store=make_profiles(tmp_path))
     world.set_nodes([FleetNode(f"t4-{i}", T4, 4) for i in range(2)])
     job = {"apiVersion": "yolofit.io/v1alpha1", "kind": "YOLOTrainingJob",
@@ -53,17 +53,20 @@ def test_plans_without_webhooks_launches_once_and_is_idempotent(tmp_path: Path) 
     events: list[str] = []
     r = Reconciler(world, api, lambda b, t, reason, m: events.append(reason),  # type: ignore[arg-type]
                    lambda key: asyncio.sleep(0, None))
-    r.trust_spec_plan = False  # no webhooks: a spec.plan written by a user is not trusted
     job["spec"]["plan"] = {"gpuClass": "t4", "nodes": 2, "gpusPerNode": 1, "gpus": 2,
                            "batchPerGpu": 512, "accumulate": 1, "amp": "off", "imgsz": 640}
     run(r.reconcile(("ns", "j")))
     assert ("patch", "/apis/yolofit.io/v1alpha1/namespaces/ns/yolotrainingjobs/j") in api.calls
-    assert job["spec"]["plan"]["gpuClass"] == "t4"
-    assert job["spec"]["plan"]["batchPerGpu"] <= 32  # planned, not the user's 512
+    # status.plan is what runs: planned here, not the user's 512 (spec.plan only mirrors it)
+    assert job["status"]["plan"]["gpuClass"] == "t4"
+    assert job["status"]["plan"]["batchPerGpu"] <= 32
     created = [c for c in api.calls if c[0] == "create"]
-    assert [c[1].rsplit("/", 1)[1] for c in created] == ["j", "j-worker-0", "j-worker-1"]
+    assert [c[1].rsplit("/", 1)[1] for c in created] == [
+        "j", "j-ddp", "yolofit-trainer", "j-worker-0", "j-worker-1"]
     assert events[:3] == ["Planned", "Admitted", "Launched"]
     pods = [api.objects[f"/api/v1/namespaces/ns/pods/j-worker-{i}"] for i in (0, 1)]
+    assert all(p["spec"]["containers"][0]["resources"]["limits"]["nvidia.com/gpu"] == "1"
+               and p["spec"]["automountServiceAccountToken"] is False for p in pods)
     # Gang: the first pod waits behind its gate; the pod that completes the gang has none.
     assert pods[0]["spec"]["schedulingGates"] == [{"name": "yolofit.io/gang"}]
     assert "schedulingGates" not in pods[1]["spec"]

@@ -13,8 +13,8 @@ from dataclasses import dataclass
 
 from yolofit.estimator import planner
 from yolofit.estimator.profile import ProfileKey, ProfileMissing, ProfileStore
+from yolofit.operator import pod_rules, ultralytics_args
 from yolofit.operator import policy as pol
-from yolofit.operator import ultralytics_args
 from yolofit.operator.api import GPUCapacityPolicySpec, Plan, YOLOTrainingJobSpec
 from yolofit.operator.feedback import margin_key
 from yolofit.operator.fleet import ClassInfo
@@ -68,6 +68,7 @@ def static_errors(name: str, namespace: str, spec: YOLOTrainingJobSpec,
                   policy: GPUCapacityPolicySpec, classes: Mapping[str, ClassInfo]) -> list[str]:
     """Everything that can be refused without a profile."""
     errors = ultralytics_args.validate(spec.args)
+    errors += pod_rules.errors(spec, policy, namespace)
     if len(name) > MAX_JOB_NAME:
         errors.append(f"metadata.name: at most {MAX_JOB_NAME} characters (pods are named "
                       f"<name>-worker-<i>), got {len(name)}")
@@ -136,9 +137,37 @@ def decide(name: str, namespace: str, spec: YOLOTrainingJobSpec, policy: GPUCapa
         return Decision(missing=exc.key)
     except ValueError as exc:  # the planner's own field checks, or an unknown model
         return Decision(errors=(f"spec: {exc}",))
+    except (OSError, RecursionError) as exc:  # a model path the operator may not read
+        return Decision(errors=(f"spec.model: cannot read {spec.model!r} "
+                                f"({type(exc).__name__}); use a model name or a YAML the "
+                                f"operator can read",))
     if not result.fits:
         reason = result.reason.replace("the largest class allowed (",
                                        f"the largest class allowed in namespace {namespace} (")
         return Decision(errors=(f"spec: does not fit: {reason}",))
     margin = margins.get(margin_key(model, result.gpu_class), 0.0)
     return Decision(plan=to_api_plan(result, spec, margin))
+
+
+def plan_errors(plan: Plan, spec: YOLOTrainingJobSpec, policy: GPUCapacityPolicySpec,
+                namespace: str, classes: Mapping[str, ClassInfo]) -> list[str]:
+    """Why `plan` cannot be the plan of this job under the current policy (consistency and
+    bounds only; whether it is *the* plan admission would choose is checked by comparing
+    with `decide`)."""
+    out = []
+    if plan.gpus != plan.nodes * plan.gpus_per_node:
+        out.append(f"spec.plan.gpus: {plan.gpus} is not nodes x gpusPerNode = "
+                   f"{plan.nodes} x {plan.gpus_per_node}")
+    if (plan.nodes, plan.gpus_per_node) != (spec.gpus.nodes, spec.gpus.per_node):
+        out.append(f"spec.plan.nodes: {plan.nodes} x {plan.gpus_per_node} differs from "
+                   f"spec.gpus {spec.gpus.nodes} x {spec.gpus.per_node}")
+    allowed = pol.allowed_classes(policy, namespace, classes)
+    if plan.gpu_class not in allowed:
+        out.append(f"spec.plan.gpuClass: {plan.gpu_class!r} is not a class namespace "
+                   f"{namespace} may use (allowed: {', '.join(allowed) or 'none'})")
+    rule = pol.namespace_rule(policy, namespace)
+    if rule is not None and rule.max_gpus_per_job is not None and \
+            plan.gpus > rule.max_gpus_per_job:
+        out.append(f"spec.plan.gpus: {plan.gpus} exceeds the {rule.max_gpus_per_job} GPUs per "
+                   f"job allowed in namespace {namespace}")
+    return out

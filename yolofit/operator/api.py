@@ -222,8 +222,26 @@ class GpuClassSpec(Model):
                               "from the GPU's compute capability (>= 8.0).")
 
 
+DEFAULT_VOLUME_TYPES = ("persistentVolumeClaim", "configMap", "emptyDir", "csi")
+
+
+class PodRules(Model):
+    """What a job may put into the pods the operator creates for it (the operator creates
+    pods a tenant may not be allowed to create directly, so admission checks them)."""
+
+    allowed_image_prefixes: list[str] = Field(default_factory=list, description="Trainer "
+                                              "images must start with one of these (e.g. "
+                                              "registry.example.com/ml/); empty = any image.")
+    allowed_volume_types: list[str] = Field(default_factory=lambda: list(DEFAULT_VOLUME_TYPES),
+                                            description="core/v1 Volume types jobs may use "
+                                            "(keys such as persistentVolumeClaim, hostPath, "
+                                            "secret); hostPath and secret only if listed.")
+
+
 class NamespaceRule(Model):
     namespace: str = Field(min_length=1, description="Namespace name, or * for all others.")
+    pods: PodRules | None = Field(None, description="Pod rules for this namespace; default "
+                                  "the policy's spec.pods.")
     allowed_classes: list[str] = Field(default_factory=list, description="Classes jobs of "
                                        "this namespace may use; empty = all.")
     max_gpus_per_job: int | None = Field(None, ge=1, description="Largest job in GPUs.")
@@ -248,8 +266,12 @@ class GPUCapacityPolicySpec(Model):
                                   "for unpinned jobs; default smallest memory first.")
     namespaces: list[NamespaceRule] = Field(default_factory=list, description="Per-namespace "
                                             "rules; a namespace with no rule (and no * rule) "
-                                            "may use every class without quota.")
+                                            "gets the operator's default limits "
+                                            "(settings defaultMaxGpusPerJob and "
+                                            "defaultMaxGpusAdmitted), never unlimited.")
     levers: Levers = Field(default_factory=Levers, description="What the planner may change.")
+    pods: PodRules = Field(default_factory=PodRules, description="Images and volume types "
+                           "jobs may use, unless a namespace rule sets its own.")
     default_objects_per_image: int = Field(100, ge=1, description="Objects per image assumed "
                                            "when a job gives no maxObjectsPerImage.")
     default_headroom_percent: float = Field(10.0, ge=0, le=90, description="Headroom for "

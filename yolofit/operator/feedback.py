@@ -138,9 +138,17 @@ def decode_margins(data: Mapping[str, str] | None) -> dict[str, dict[str, Any]]:
         raw = json.loads((data or {}).get(MARGINS_KEY, "{}"))
     except ValueError:
         return {}
-    return {k: {"margin": float(v.get("margin", 0.0)),
-                "observations": int(v.get("observations", 0))}
-            for k, v in raw.items() if isinstance(v, dict)}
+    if not isinstance(raw, dict):
+        return {}
+    out: dict[str, dict[str, Any]] = {}
+    for k, v in raw.items():
+        try:  # a broken entry is skipped, never allowed to stop admission
+            margin, obs = float(v["margin"]), int(v.get("observations") or 0)
+        except (AttributeError, KeyError, TypeError, ValueError, OverflowError):
+            continue
+        if 0.0 <= margin <= MAX_MARGIN:
+            out[k] = {"margin": margin, "observations": obs}
+    return out
 
 
 def encode_margins(margins: Mapping[str, Mapping[str, Any]]) -> dict[str, str]:

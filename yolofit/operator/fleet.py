@@ -7,12 +7,14 @@ family's defaults). The operator lists nodes periodically and calls `discover()`
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from yolofit.estimator.gpu import GpuClass, from_gfd_labels
 
+log = logging.getLogger("yolofit.operator")
 PRODUCT = "nvidia.com/gpu.product"
 MEMORY = "nvidia.com/gpu.memory"
 COUNT = "nvidia.com/gpu.count"
@@ -60,7 +62,15 @@ def node_from_object(obj: Mapping[str, Any]) -> FleetNode | None:
     if PRODUCT not in labels:
         return None
     alloc = (obj.get("status") or {}).get("allocatable") or {}
-    gpus = int(alloc.get(GPU_RESOURCE, labels.get(COUNT, 0)) or 0)
+    raw = alloc.get(GPU_RESOURCE, labels.get(COUNT, 0)) or 0
+    try:
+        gpus = int(raw)
+    except (TypeError, ValueError):
+        # A mislabelled node is skipped (and logged), never allowed to stop discovery.
+        log.warning("node %s skipped: GPU count %r is not a number", meta.get("name"), raw)
+        return None
+    if gpus < 0:
+        return None
     return FleetNode(name=meta.get("name", ""), labels=labels, gpus=gpus)
 
 

@@ -16,7 +16,8 @@ from typing import Any, cast
 import kopf
 
 from yolofit.estimator.profile import ProfileKey, ProfileStore
-from yolofit.operator import feedback, kube, metrics, webhooks
+from yolofit.operator import admission_server, feedback, kube, metrics, webhook_config, webhooks
+from yolofit.operator import policy as pol
 from yolofit.operator.api import GROUP, TERMINAL_PHASES, VERSION, GPUCapacityPolicySpec
 from yolofit.operator.certs import ensure_certs, service_names
 from yolofit.operator.fleet import PRODUCT, node_from_object
@@ -42,6 +43,9 @@ class Operator:
         self.reconciler: Reconciler | None = None
         self.profiler = Profiler(self.world.store, settings.profile_builder, self._profiled)
         self.tasks: list[asyncio.Task[None]] = []
+        self.admission: admission_server.AdmissionServer | None = None
+        self._raw_policy: GPUCapacityPolicySpec | None = None
+        self._published: tuple[Any, ...] = ()
         self._register()
 
     # --- wiring -----------------------------------------------------------------------------
@@ -56,8 +60,6 @@ class Operator:
         kopf.on.event("v1", "pods", labels={JOB_LABEL: kopf.PRESENT},
                       registry=r)(cast(Any, self._on_pod))
         kopf.on.event(*POLICIES, registry=r)(cast(Any, self._on_policy))
-        if self.settings.install_webhooks:
-            webhooks.register(r, self.world)
 
     async def _startup(self, settings: kopf.OperatorSettings, **_: Any) -> None:
         s = self.settings
@@ -71,43 +73,92 @@ class Operator:
                                          else peering_priority(os.environ.get("POD_NAME", "")))
         else:
             settings.peering.standalone = True
-        if s.install_webhooks:
-            self._configure_webhooks(settings)
         self.api = kube.Kube(kube.load_config(s.kubeconfig), s.api_workers)
+        self.set_policy(None)
         self.reconciler = Reconciler(self.world, self.api, _post_event, self.profiler.start,
                                      s.trainer_metrics_port)
-        self.reconciler.trust_spec_plan = s.install_webhooks
         self.reconciler.settings_ns = s.operator_namespace
+        self.reconciler.monitoring_namespace = s.monitoring_namespace
         self.reconciler.settings_cm = s.margins_configmap
         await self._prime()
+        if s.install_webhooks:
+            await self._start_admission()
         loop = asyncio.get_running_loop()
         self.tasks = [loop.create_task(self._every(s.queue_interval, self._retry_waiting)),
                       loop.create_task(self._every(s.resync_interval, self._resync)),
                       loop.create_task(self._every(s.fleet_interval, self._refresh_fleet)),
                       loop.create_task(self._every(5.0, self._gauges)),
-                      loop.create_task(webhooks.watch_loop_lag())]
+                      loop.create_task(self._every(1.0, self._publish_if_changed))]
         self.world.ready = True
 
-    def _configure_webhooks(self, settings: kopf.OperatorSettings) -> None:
+    # --- admission --------------------------------------------------------------------------
+
+    def snapshot(self) -> webhooks.Snapshot:
+        w = self.world
+        return webhooks.Snapshot(policy=w.policy, classes=w.classes, store=w.store,
+                                 margins=w.margin_values())
+
+    async def _publish_if_changed(self) -> None:
+        """Publish a new snapshot when the policy, fleet or margins changed (margins change in
+        the reconciler; policy and fleet also publish at once where they change)."""
+        w = self.world
+        key = (w.policy, w.classes, tuple(sorted(w.margin_values().items())))
+        last = self._published
+        if self.admission is not None and (not last or key[0] is not last[0]
+                                           or key[1] is not last[1] or key[2] != last[2]):
+            self._published = key
+            self.admission.publish(self.snapshot())
+
+    def _publish(self) -> None:
+        if self.admission is not None:
+            self.admission.publish(self.snapshot())
+
+    def set_policy(self, spec: GPUCapacityPolicySpec | None) -> None:
+        """The policy object's spec (None: deleted or absent) with the operator's default
+        rule for namespaces it does not name: a deleted policy fails closed, to the
+        defaults, never to unlimited."""
+        self._raw_policy = spec
+        s = self.settings
+        default = pol.default_rule(s.default_max_gpus_per_job, s.default_max_gpus_admitted)
+        self.world.set_policy(spec)
+        self.world.policy = pol.with_default_rule(self.world.policy, default)
+        self._publish()
+
+    async def _start_admission(self) -> None:
+        """Serve the webhooks from their own thread and loop; register them (sandbox)."""
         s = self.settings
         names = [s.webhook_host, "localhost", "127.0.0.1",
                  *service_names(s.webhook_service, s.operator_namespace)]
         certs = ensure_certs(s.cert_dir, list(dict.fromkeys(names)))
-        common: dict[str, Any] = dict(
-            addr=s.webhook_addr, port=s.webhook_port, cafile=str(certs.cafile),
-            certfile=str(certs.certfile), pkeyfile=str(certs.pkeyfile))
-        if s.webhook_mode == "service":
-            settings.admission.server = webhooks.ServiceWebhookServer(
-                service=s.webhook_service, namespace=s.operator_namespace, **common)
-        else:
-            settings.admission.server = webhooks.TimedWebhookServer(host=s.webhook_host,
-                                                                   **common)
-        if s.manage_webhook_configurations:
-            settings.admission.managed = s.webhook_configuration
+        self.admission = admission_server.AdmissionServer(
+            self.snapshot(), s.webhook_addr, s.webhook_port, certs.certfile, certs.pkeyfile)
+        await asyncio.get_running_loop().run_in_executor(None, self.admission.start)
+        if not s.manage_webhook_configurations or self.api is None:
+            return
+        service = ({"namespace": s.operator_namespace, "name": s.webhook_service, "port": 443}
+                   if s.webhook_mode == "service" else None)
+        mutating, validating = webhook_config.webhook_configurations(
+            s.webhook_configuration, certs.ca_pem, service=service,
+            url=f"https://{s.webhook_host}:{s.webhook_port}",
+            operator_username=s.operator_username)
+        user = s.operator_username or await self._whoami()
+        vap, binding = webhook_config.status_policy(f"{s.webhook_configuration}-status", user)
+        await webhook_config.apply(self.api, [vap, binding, mutating, validating])
+        log.info("registered the admission webhooks and the status policy (status writable "
+                 "by %s only)", user)
+
+    async def _whoami(self) -> str:
+        assert self.api is not None
+        review = await self.api.call("POST", "/apis/authentication.k8s.io/v1/selfsubjectreviews",
+                                     {"apiVersion": "authentication.k8s.io/v1",
+                                      "kind": "SelfSubjectReview"})
+        return str(review["status"]["userInfo"]["username"])
 
     async def _cleanup(self, **_: Any) -> None:
         for t in self.tasks:
             t.cancel()
+        if self.admission is not None:
+            self.admission.stop()
         self.profiler.shutdown()
         if self.api is not None:
             await self.api.close()
@@ -151,15 +202,17 @@ class Operator:
         assert self.api is not None
         s, w = self.settings, self.world
         policy = await self.api.get(kube.policy_path(s.policy_name))
-        spec = GPUCapacityPolicySpec.model_validate(policy.get("spec") or {}) if policy else None
-        if spec != (w.policy if w.policy_exists else None):
-            w.set_policy(spec)
+        spec = _policy_spec(policy) if policy else None
+        if policy is None or spec is not None:  # a policy that does not parse: keep the last
+            if spec != self._raw_policy:
+                self.set_policy(spec)
         cm = await self.api.get(kube.configmap_path(s.operator_namespace, s.margins_configmap))
         w.margins.update(feedback.decode_margins((cm or {}).get("data")))
         nodes = await self.api.get("/api/v1/nodes", query=[("labelSelector", PRODUCT)],
                                    accept=kube.METADATA_ONLY)
         self.world.set_nodes([n for item in (nodes or {}).get("items", [])
                               if (n := node_from_object(item)) is not None])
+        self._publish()
         await self._publish_fleet()
 
     async def _publish_fleet(self, generation: int | None = None) -> None:
@@ -279,12 +332,28 @@ class Operator:
         if name != self.settings.policy_name:
             return
         if event.get("type") == "DELETED":
-            self.world.set_policy(None)
+            self.set_policy(None)
             return
         obj = event.get("object") or {}
-        self.world.set_policy(GPUCapacityPolicySpec.model_validate(obj.get("spec") or {}))
+        spec = _policy_spec(obj)
+        if spec is None:
+            _post_event(obj, "Warning", "InvalidPolicy", "the policy does not parse; the "
+                        "operator keeps the last valid one (see the operator's log)")
+            return
+        self.set_policy(spec)
         if self.api is not None:
             await self._publish_fleet(obj.get("metadata", {}).get("generation"))
+
+
+def _policy_spec(obj: dict[str, Any]) -> GPUCapacityPolicySpec | None:
+    """The spec of a policy object, or None (logged) when it does not parse: a policy written
+    before the validating webhook existed must not stop the operator."""
+    try:
+        return GPUCapacityPolicySpec.model_validate(obj.get("spec") or {})
+    except ValueError as exc:
+        log.error("GPUCapacityPolicy %s does not parse, ignored: %s",
+                  obj.get("metadata", {}).get("name", ""), exc)
+        return None
 
 
 def _login(**kwargs: Any) -> kopf.ConnectionInfo | None:

@@ -156,3 +156,12 @@ def services_path(namespace: str, name: str = "") -> str:
 
 def configmap_path(namespace: str, name: str = "") -> str:
     return f"/api/v1/namespaces/{namespace}/configmaps" + (f"/{name}" if name else "")
+
+
+def network_policies_path(namespace: str, name: str = "") -> str:
+    return (f"/apis/networking.k8s.io/v1/namespaces/{namespace}/networkpolicies"
+            + (f"/{name}" if name else ""))
+
+
+def service_accounts_path(namespace: str, name: str = "") -> str:
+    return f"/api/v1/namespaces/{namespace}/serviceaccounts" + (f"/{name}" if name else "")

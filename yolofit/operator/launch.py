@@ -29,6 +29,18 @@ COMPONENT_LABEL = "app.kubernetes.io/component"
 MASTER_PORT = 23456  # PyTorchJob's default
 METRICS_PORT = 9400
 MAX_JOB_NAME = 48  # "<job>-worker-<i>" must stay a 63-character DNS label
+TRAINER_SERVICE_ACCOUNT = "yolofit-trainer"  # isolation.service_account, one per namespace
+TRAINER_UID = 10001  # the trainer image's USER (Dockerfile)
+# Pod Security Standard "restricted": non-root, no privilege escalation, no capabilities,
+# the runtime's default seccomp profile. Trainer pods need nothing more.
+POD_SECURITY: dict[str, Any] = {
+    "runAsNonRoot": True, "runAsUser": TRAINER_UID, "runAsGroup": TRAINER_UID,
+    "fsGroup": TRAINER_UID, "seccompProfile": {"type": "RuntimeDefault"},
+}
+CONTAINER_SECURITY: dict[str, Any] = {
+    "allowPrivilegeEscalation": False, "privileged": False, "runAsNonRoot": True,
+    "capabilities": {"drop": ["ALL"]}, "seccompProfile": {"type": "RuntimeDefault"},
+}
 
 
 def worker_name(job: str, index: int) -> str:
@@ -132,13 +144,17 @@ def build_pod(job: Mapping[str, Any], spec: YOLOTrainingJobSpec, plan: Plan, ran
         },
         "spec": {
             "restartPolicy": "Never",
+            "serviceAccountName": TRAINER_SERVICE_ACCOUNT,
+            "automountServiceAccountToken": False,
+            "enableServiceLinks": False,
+            "securityContext": json.loads(json.dumps(POD_SECURITY)),
             "hostname": worker_name(name, rank),
             "subdomain": service_name(name),
             "nodeSelector": dict(node_selector),
             "tolerations": [dict(t) for t in tolerations],
             "containers": [{
                 "name": "trainer", "image": spec.image, "command": ["yolofit", "train"],
-                "env": env,
+                "env": env, "securityContext": json.loads(json.dumps(CONTAINER_SECURITY)),
                 "ports": [*metrics_ports(metrics_port, plan.gpus_per_node),
                           {"name": "ddp", "containerPort": MASTER_PORT}],
                 "resources": {"requests": dict(resources), "limits": dict(resources)},

@@ -5,10 +5,13 @@
 - `namespace_rule` / `allowed_classes`: what a namespace may use.
 - `quota_allows`: whether a job fits the namespace's GPUs-admitted-at-once limit.
 - `with_margin`: a class whose budget is shrunk by a learned margin.
+- `with_default_rule`: the policy with the operator's default rule for namespaces it does
+  not name (and for a deleted policy): fail closed to bounded limits, never unlimited.
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterable, Mapping
 from dataclasses import replace
 
@@ -16,6 +19,8 @@ from yolofit.estimator.gpu import GpuClass, from_gfd_labels, from_memory, get_gp
 from yolofit.operator.api import GPUCapacityPolicySpec, GpuClassSpec, NamespaceRule
 from yolofit.operator.fleet import GPU_TOLERATION, ClassInfo, FleetNode, discover
 from yolofit.units import parse_bytes
+
+log = logging.getLogger("yolofit.operator")
 
 
 def effective_classes(policy: GPUCapacityPolicySpec,
@@ -28,7 +33,13 @@ def effective_classes(policy: GPUCapacityPolicySpec,
     else:
         classes = {}
         for spec in policy.classes:
-            info = _policy_class(spec, nodes, default_headroom)
+            try:
+                info = _policy_class(spec, nodes, default_headroom)
+            except (ValueError, TypeError, OverflowError) as exc:
+                # Refused at apply by the policy webhook; one written before it existed is
+                # skipped, not allowed to stop admission for every class.
+                log.error("GPUCapacityPolicy class %s skipped: %s", spec.name, exc)
+                continue
             if info is not None:
                 classes[info.name] = info
     order = [n for n in policy.preference if n in classes]
@@ -112,3 +123,17 @@ def with_margin(gpu: GpuClass, margin: float) -> GpuClass:
     if margin <= 0:
         return gpu
     return replace(gpu, headroom=1.0 - (1.0 - gpu.headroom) / (1.0 + margin))
+
+
+def default_rule(max_gpus_per_job: int | None, max_gpus_admitted: int | None) -> NamespaceRule:
+    return NamespaceRule(namespace="*", max_gpus_per_job=max_gpus_per_job,
+                         max_gpus_admitted=max_gpus_admitted)
+
+
+def with_default_rule(policy: GPUCapacityPolicySpec,
+                      rule: NamespaceRule) -> GPUCapacityPolicySpec:
+    """The policy plus `rule` as its * rule when it has none (an explicit * rule, even one
+    without limits, is the platform team's choice and stays)."""
+    if any(r.namespace == "*" for r in policy.namespaces):
+        return policy
+    return policy.model_copy(update={"namespaces": [*policy.namespaces, rule]})

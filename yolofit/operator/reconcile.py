@@ -15,7 +15,7 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from yolofit.operator import admission, feedback, kube, launch, metrics
+from yolofit.operator import admission, feedback, isolation, kube, launch, metrics
 from yolofit.operator import policy as pol
 from yolofit.operator.api import (
     TERMINAL_PHASES,
@@ -43,9 +43,7 @@ class Reconciler:
         self.world, self.api, self.event = world, api, event
         self.start_profiling = start_profiling
         self.metrics_port = metrics_port
-        # With the webhooks installed, spec.plan can only have come from admission (the
-        # mutating webhook overwrites what users write); without them it is re-planned.
-        self.trust_spec_plan = True
+        self.monitoring_namespace = "monitoring"  # may scrape trainer metrics (NetworkPolicy)
         self.observed_errors: set[tuple[str, int]] = set()
         # The status last written in the current pass of each job (one pass per job at a
         # time: the job's lock), so the pass writes again only what changed since.
@@ -79,11 +77,11 @@ class Reconciler:
 
     async def _steps(self, key: Key, body: dict[str, Any], job: YOLOTrainingJob,
                      st: YOLOTrainingJobStatus, gen: int) -> None:
-        ns, name = key
-        spec = job.spec
         t = now()
-        # 1. A plan: the webhook's, or planned here the same way (no webhooks installed).
-        plan = st.plan or (spec.plan if self.trust_spec_plan else None)
+        # 1. A plan: the one this operator admitted (status, writable by it only), else
+        # planned here now. spec.plan is never launched from: it is a mirror a user could
+        # have written (docs/ARCHITECTURE.md, "Who owns the plan").
+        plan = st.plan
         if plan is None:
             plan = await self._plan(key, body, job, st, gen)
             if plan is None:
@@ -144,6 +142,8 @@ class Reconciler:
             return None
         if key not in self.world.services:
             await self.api.create(kube.services_path(ns), launch.build_service(body))
+            await self.api.create(kube.network_policies_path(ns), isolation.network_policy(
+                body, self.monitoring_namespace, self.metrics_port))
             self.world.services.add(key)
         created = await self._ensure_pods(key, body, job, plan, st, {v.name for v in current})
         if created:
@@ -192,9 +192,6 @@ class Reconciler:
             metrics.ADMISSIONS.labels("rejected", "", ns).inc()
             return None
         plan = d.plan
-        if (body.get("spec") or {}).get("plan") != plan.wire():
-            await self.api.merge_patch(kube.job_path(ns, name), {"spec": {"plan": plan.wire()}})
-            body.setdefault("spec", {})["plan"] = plan.wire()
         st.conditions = set_condition(st.conditions, "Profiled", "True", "ProfileFound",
                                       plan.profile, gen, t)
         self.event(body, "Normal", "Planned", plan.reason or f"planned on {plan.gpu_class}")
@@ -238,6 +235,8 @@ class Reconciler:
         created = False
         names = launch.desired_pod_names(name, plan)
         existing = set(existing)
+        if any(n not in existing for n in names):  # AlreadyExists is success
+            await self.api.create(kube.service_accounts_path(ns), isolation.service_account(ns))
         for rank, pod_name in enumerate(names):
             if pod_name in existing:
                 continue
@@ -358,8 +357,9 @@ class Reconciler:
                 self.world.jobs[key] = result
         else:
             body["status"] = wire
-        # Mirror a re-plan into spec.plan (printer columns); status.plan is authoritative.
-        if st.plan is not None and st.attempt > 0:
+        # Mirror the admitted plan into spec.plan (printer columns); status.plan is
+        # authoritative and the webhooks keep spec.plan equal to it.
+        if st.plan is not None and st.admitted:
             spec_plan = (body.get("spec") or {}).get("plan")
             if spec_plan != st.plan.wire():
                 await self.api.merge_patch(kube.job_path(*key), {"spec": {"plan": st.plan.wire()}})

@@ -66,4 +66,17 @@ class OperatorSettings(BaseSettings):
     peering_priority: int | None = Field(None, ge=0, le=2**31 - 1, description="kopf peering "
                                          "priority of this replica (highest wins); default "
                                          "derived from $POD_NAME so replicas differ.")
+    operator_username: str = Field("", description="The operator's Kubernetes username (e.g. "
+                                   "system:serviceaccount:yolofit-system:yolofit): the "
+                                   "webhooks' matchConditions skip its own writes. Empty: "
+                                   "not skipped; the status policy (sandbox) asks the "
+                                   "apiserver who the operator is.")
+    default_max_gpus_per_job: int | None = Field(16, ge=1, description="Largest job in GPUs "
+                                                 "in a namespace the policy has no rule for "
+                                                 "(also when the policy is deleted).")
+    default_max_gpus_admitted: int | None = Field(64, ge=0, description="GPUs admitted at "
+                                                  "once in a namespace the policy has no "
+                                                  "rule for (also when it is deleted).")
+    monitoring_namespace: str = Field("monitoring", description="Namespace whose pods may "
+                                      "scrape trainer metrics (each job's NetworkPolicy).")
     log_level: Literal["DEBUG", "INFO", "WARNING"] = Field("INFO", description="Log level.")

@@ -104,7 +104,7 @@ class OperatorProcess:
         if not self.install_webhooks:
             return True
         text = self.log_path.read_text(errors="replace")
-        return "Reconfiguring the validating webhook" in text
+        return "registered the admission webhooks" in text
 
     def metrics(self) -> str:
         with urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics") as r:
@@ -132,3 +132,5 @@ class OperatorProcess:
         if kubectl is not None and self.install_webhooks:
             kubectl("delete", "mutatingwebhookconfiguration,validatingwebhookconfiguration",
                     "yolofit.io", "--ignore-not-found", check=False)
+            kubectl("delete", "validatingadmissionpolicy,validatingadmissionpolicybinding",
+                    "yolofit.io-status", "--ignore-not-found", check=False)

@@ -55,6 +55,14 @@ def write(path: Path = DATA_FILE) -> None:
     path.write_text(json.dumps(generate(), indent=1, sort_keys=True) + "\n")
 
 
+# Ultralytics has ~120 train arguments; a spec with more keys, or bigger values, is not a
+# training configuration. Checked before any per-key work (the did-you-mean lookup costs
+# ~0.2 ms a key: 50,000 junk keys would hold the admission loop for seconds).
+MAX_ARGS = 200
+MAX_ARGS_BYTES = 64 * 1024
+MAX_HINTS = 20  # did-you-mean lookups per review
+
+
 @lru_cache(maxsize=1)
 def known_args() -> frozenset[str]:
     return frozenset(json.loads(DATA_FILE.read_text())["args"])
@@ -62,14 +70,30 @@ def known_args() -> frozenset[str]:
 
 def validate(args: dict[str, Any], field: str = "spec.args") -> list[str]:
     """Field errors for unknown or reserved names; empty when all are fine."""
+    if len(args) > MAX_ARGS:
+        return [f"{field}: {len(args)} arguments; at most {MAX_ARGS} (Ultralytics has about "
+                f"{len(known_args())} train arguments)"]
+    size = _size(args)
+    if size > MAX_ARGS_BYTES:
+        return [f"{field}: {size} bytes of arguments; at most {MAX_ARGS_BYTES}"]
     errors: list[str] = []
     known = known_args()
+    hints = 0
     for name in sorted(args):
         if name in RESERVED:
             errors.append(f"{field}.{name}: set by {RESERVED[name]}, not by extra arguments")
         elif name not in known:
-            close = difflib.get_close_matches(name, sorted(known), n=1)
+            hints += 1
+            close = (difflib.get_close_matches(name, sorted(known), n=1)
+                     if hints <= MAX_HINTS and len(name) <= 64 else [])
             hint = f" (did you mean {close[0]!r}?)" if close else ""
             errors.append(f"{field}.{name}: {name!r} is not an Ultralytics train "
                           f"argument{hint}")
     return errors
+
+
+def _size(args: dict[str, Any]) -> int:
+    try:
+        return len(json.dumps(args, default=str))
+    except (TypeError, ValueError, RecursionError):
+        return MAX_ARGS_BYTES + 1  # not JSON: refused as too big to be arguments

@@ -1,185 +1,273 @@
-"""Admission webhooks for YOLOTrainingJob: thin shells around `admission.decide`.
+"""Admission reviews for YOLOTrainingJob and GPUCapacityPolicy: AdmissionReview in,
+AdmissionReview out. Pure: no I/O, no kopf; `admission_server.py` serves them.
 
-Mutating (CREATE, and UPDATE when a plan input changed) writes the plan into
-`spec.plan`, so the object `kubectl apply` gets back already carries it (status cannot:
-the apiserver drops status on create). Validating refuses what cannot fit or breaks the
-policy, with every field error in one message. Both answer from memory (policy, fleet,
-profiles, margins); a model without a profile is admitted with no plan and the operator
-marks it Profiling and traces it off the request path.
+Who owns `spec.plan`: yolofit. The plan a job runs with is `status.plan`, written by the
+operator at admission (status is writable only by the operator's identity, a
+ValidatingAdmissionPolicy in the chart). `spec.plan` is a mirror, so that `kubectl apply`
+gets the plan back (the apiserver drops status on create) and the printer columns show it:
+
+- mutating: sets spec.plan to what yolofit says it is: for an admitted job the operator's
+  status.plan, otherwise a fresh plan from `admission.decide` (none when it cannot plan).
+  Any user change to spec.plan, on any UPDATE, is overwritten.
+- validating: refuses what cannot fit or breaks the policy (every field error in one
+  message); refuses a spec.plan that is not the one the mutating webhook would write (so a
+  plan patch is refused even where the mutating webhook is not installed); refuses any
+  spec change to an admitted job.
+
+Malformed input (a non-object spec, wrong types, out-of-range values, junk of any size) is
+a 4xx naming the field, never a 5xx: the WebhookFailing alert counts 5xx as bugs.
 """
 
 from __future__ import annotations
 
-import asyncio
+import base64
+import json
 import time
-from collections import deque
-from collections.abc import AsyncIterator, Iterator
-from contextlib import contextmanager
-from typing import Any, cast
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
 
-import kopf
 from pydantic import ValidationError
 
+from yolofit.estimator.profile import ProfileStore
 from yolofit.operator import admission, metrics
-from yolofit.operator.api import GROUP, PLAN_INPUTS, VERSION, YOLOTrainingJobSpec
-from yolofit.operator.state import World
+from yolofit.operator.api import GPUCapacityPolicySpec, GpuClassSpec, YOLOTrainingJobSpec
+from yolofit.operator.fleet import ClassInfo
+from yolofit.units import parse_bytes
 
 
-def _inputs(spec: dict[str, Any] | None) -> dict[str, Any]:
-    parsed = YOLOTrainingJobSpec.model_validate(dict(spec or {}))
-    return parsed.model_dump(include=set(PLAN_INPUTS) | {"args"})
+@dataclass(frozen=True)
+class Snapshot:
+    """What admission reads: published by the operator by reference swap, never mutated."""
+
+    policy: GPUCapacityPolicySpec
+    classes: Mapping[str, ClassInfo]
+    store: ProfileStore
+    margins: Mapping[str, float] = field(default_factory=dict)
 
 
-def _changed(old: Any, new: Any) -> bool:
-    if old is None:
-        return True
-    return _inputs(old.get("spec")) != _inputs(new.get("spec"))
+class Refused(Exception):
+    def __init__(self, message: str, code: int = 422) -> None:
+        super().__init__(message)
+        self.message, self.code = message, code
 
 
-def _field_errors(exc: ValidationError) -> str:
-    return "; ".join(".".join(["spec", *map(str, e["loc"])]) + f": {e['msg']}"
-                     for e in exc.errors())
+# --- helpers --------------------------------------------------------------------------------
+
+def _field_errors(exc: ValidationError, prefix: str = "spec") -> str:
+    parts = []
+    for e in exc.errors()[:20]:
+        loc = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in e["loc"])
+        parts.append(f"{prefix}{loc}: {e['msg']}")
+    return "; ".join(parts)
 
 
-def _decide(world: World, body: Any) -> admission.Decision:
-    meta = body.get("metadata", {})
-    spec = YOLOTrainingJobSpec.model_validate(dict(body.get("spec") or {}))
+def _object(value: Any, what: str) -> dict[str, Any]:
+    if not isinstance(value, dict):
+        raise Refused(f"{what}: must be an object, got {type(value).__name__}", 400)
+    return value
+
+
+def _spec(obj: dict[str, Any]) -> YOLOTrainingJobSpec:
+    raw = _object(obj.get("spec"), "spec")
+    try:
+        return YOLOTrainingJobSpec.model_validate(raw)
+    except ValidationError as exc:
+        raise Refused(_field_errors(exc)) from None
+    except RecursionError:
+        raise Refused("spec: nested too deeply", 400) from None
+
+
+def _meta(obj: dict[str, Any]) -> tuple[str, str]:
+    meta = obj.get("metadata")
+    meta = meta if isinstance(meta, dict) else {}
+    name, ns = meta.get("name", ""), meta.get("namespace", "")
+    return (name if isinstance(name, str) else "", ns if isinstance(ns, str) else "")
+
+
+def _admitted_plan(old: Any) -> tuple[bool, dict[str, Any] | None]:
+    """Whether the old object was admitted, and the plan it runs with (status.plan)."""
+    if not isinstance(old, dict):
+        return False, None
+    status = old.get("status")
+    if not isinstance(status, dict) or status.get("admitted") is not True:
+        return False, None
+    plan = status.get("plan")
+    if not isinstance(plan, dict):
+        spec = old.get("spec")
+        plan = spec.get("plan") if isinstance(spec, dict) else None
+    return True, plan if isinstance(plan, dict) else None
+
+
+def _without_plan(spec: Any) -> Any:
+    return {k: v for k, v in spec.items() if k != "plan"} if isinstance(spec, dict) else spec
+
+
+def desired_plan(snap: Snapshot, obj: dict[str, Any], old: Any) -> dict[str, Any] | None:
+    """The spec.plan yolofit writes for `obj` (wire form), or None for no plan."""
+    admitted, plan = _admitted_plan(old)
+    if admitted:
+        return plan
+    try:
+        spec = _spec(obj)
+    except Refused:
+        return None
+    d = decide(snap, obj, spec)
+    return d.plan.wire() if d.plan is not None else None
+
+
+def decide(snap: Snapshot, obj: dict[str, Any], spec: YOLOTrainingJobSpec) -> admission.Decision:
+    name, ns = _meta(obj)
     started = time.perf_counter()
-    d = admission.decide(meta.get("name", ""), meta.get("namespace", ""), spec, world.policy,
-                         world.classes, world.store, world.margin_values())
+    d = admission.decide(name, ns, spec.model_copy(update={"plan": None}), snap.policy,
+                         snap.classes, snap.store, dict(snap.margins))
     metrics.PLAN_SECONDS.observe(time.perf_counter() - started)
     return d
 
 
-def mutate(world: World, body: Any, old: Any, new: Any, patch: Any, operation: str) -> None:
-    """Write the plan into spec.plan; never refuses (the validating webhook does)."""
-    if operation == "UPDATE" and not _changed(old, new):
+# --- the two job webhooks -------------------------------------------------------------------
+
+def mutate_job(snap: Snapshot, request: dict[str, Any]) -> list[dict[str, Any]]:
+    """JSON patch operations that make spec.plan yolofit's; never refuses."""
+    obj = request.get("object")
+    if not isinstance(obj, dict) or not isinstance(obj.get("spec"), dict):
+        return []  # the validating webhook names what is wrong
+    want = desired_plan(snap, obj, request.get("oldObject"))
+    have = obj["spec"].get("plan")
+    if want == have:
+        return []
+    if want is None:
+        return [{"op": "remove", "path": "/spec/plan"}]
+    return [{"op": "add", "path": "/spec/plan", "value": want}]
+
+
+def validate_job(snap: Snapshot, request: dict[str, Any]) -> None:
+    """Raise Refused naming every field that makes the job unfit or the request illegal."""
+    obj = _object(request.get("object"), "object")
+    spec = _spec(obj)
+    old = request.get("oldObject")
+    admitted, running = _admitted_plan(old)
+    raw_plan = obj["spec"].get("plan")
+    if admitted:
+        if _without_plan(obj["spec"]) != _without_plan(old.get("spec")):
+            raise Refused("spec: the job is admitted; its spec cannot change (the pods run "
+                          "with it). Delete and re-create the job to change it.")
+        if raw_plan != running:
+            raise Refused("spec.plan: written by yolofit only (it mirrors status.plan of an "
+                          "admitted job); remove it from your change")
         return
-    try:
-        d = _decide(world, body)
-    except ValidationError:
-        return  # the validating webhook names the fields
-    if d.plan is not None:
-        patch.spec["plan"] = d.plan.wire()
-    elif (body.get("spec") or {}).get("plan") is not None:
-        patch.spec["plan"] = None  # user-written or stale: admission owns it
-
-
-def validate(world: World, body: Any, old: Any, new: Any, operation: str) -> None:
-    """Raise kopf.AdmissionError naming every field and number that makes the job unfit."""
-    if operation == "UPDATE":
-        if not _changed(old, new):
-            return
-        if (old.get("status") or {}).get("admitted"):
-            raise kopf.AdmissionError("spec: the job is admitted; its model, data shape, GPUs "
-                                      "and arguments cannot change. Delete and re-create it.",
-                                      code=422)
-    try:
-        d = _decide(world, body)
-    except ValidationError as exc:
-        raise kopf.AdmissionError(_field_errors(exc), code=422) from exc
+    d = decide(snap, obj, spec)
     if d.refused:
-        ns = body.get("metadata", {}).get("namespace", "")
+        _, ns = _meta(obj)
         metrics.ADMISSIONS.labels("rejected", "", ns).inc()
-        raise kopf.AdmissionError("; ".join(d.errors), code=422)
+        raise Refused("; ".join(d.errors))
+    if raw_plan is not None:
+        _, ns = _meta(obj)
+        errors = admission.plan_errors(spec.plan, spec, snap.policy, ns, snap.classes) \
+            if spec.plan is not None else []
+        want = d.plan.wire() if d.plan is not None else None
+        if raw_plan != want:
+            errors.append("spec.plan: written by yolofit admission only; it is not the plan "
+                          "admission computes for this spec (remove spec.plan from the object)")
+        if errors:
+            raise Refused("; ".join(errors))
 
 
-@contextmanager
-def counted(webhook: str) -> Iterator[None]:
-    """Count a review as allowed, denied (AdmissionError) or error (anything else: a bug,
-    which the WebhookFailing alert watches for)."""
+# --- GPUCapacityPolicy ----------------------------------------------------------------------
+
+def policy_errors(raw: Any) -> list[str]:
+    """Every field error of a GPUCapacityPolicy spec, including what the schema cannot say
+    (memory quantities, preference and allowedClasses naming a class that is listed)."""
+    if not isinstance(raw, dict):
+        return [f"spec: must be an object, got {type(raw).__name__}"]
     try:
-        yield
-    except kopf.AdmissionError:
+        spec = GPUCapacityPolicySpec.model_validate(raw)
+    except ValidationError as exc:
+        return [_field_errors(exc)]
+    except RecursionError:
+        return ["spec: nested too deeply"]
+    errors = [e for i, c in enumerate(spec.classes) for e in _class_size_errors(i, c)]
+    names = [c.name for c in spec.classes]
+    if len(set(names)) != len(names):
+        errors.append("spec.classes: class names must be unique")
+    if names:
+        for i, n in enumerate(spec.preference):
+            if n not in names:
+                errors.append(f"spec.preference[{i}]: {n!r} is not a class of spec.classes")
+        for i, rule in enumerate(spec.namespaces):
+            for j, n in enumerate(rule.allowed_classes):
+                if n not in names:
+                    errors.append(f"spec.namespaces[{i}].allowedClasses[{j}]: {n!r} is not a "
+                                  f"class of spec.classes")
+    seen = [r.namespace for r in spec.namespaces]
+    if len(set(seen)) != len(seen):
+        errors.append("spec.namespaces: one rule per namespace")
+    return errors
+
+
+def _class_size_errors(i: int, c: GpuClassSpec) -> list[str]:
+    errors, sizes = [], {}
+    for attr, wire in (("memory", "memory"), ("usable_memory", "usableMemory")):
+        value = getattr(c, attr)
+        if value is None:
+            continue
+        try:
+            sizes[attr] = parse_bytes(value)
+        except (ValueError, TypeError, OverflowError):
+            errors.append(f"spec.classes[{i}].{wire}: {value!r} is not a size (e.g. 80GiB, "
+                          f"15360Mi or a number of bytes)")
+            continue
+        if not 0 < sizes[attr] <= 2**50:
+            errors.append(f"spec.classes[{i}].{wire}: {value!r} is out of range")
+    if sizes.get("usable_memory", 0) > sizes.get("memory", 2**60):
+        errors.append(f"spec.classes[{i}].usableMemory: larger than memory")
+    return errors
+
+
+def validate_policy(request: dict[str, Any]) -> None:
+    obj = _object(request.get("object"), "object")
+    errors = policy_errors(obj.get("spec", {}))
+    if errors:
+        raise Refused("; ".join(errors))
+
+
+# --- AdmissionReview in, AdmissionReview out ------------------------------------------------
+
+HANDLERS = ("mutate", "validate", "validate-policy")
+
+
+def respond(kind: str, review: Any, snap: Snapshot) -> tuple[int, dict[str, Any]]:
+    """(HTTP status, body). A body that is not an AdmissionReview is a 400; a review is
+    always answered 200 with allowed or a denial whose code is 4xx (5xx only for a bug)."""
+    if not isinstance(review, dict) or not isinstance(review.get("request"), dict):
+        return 400, {"error": "not an AdmissionReview (admission.k8s.io/v1)"}
+    request = review["request"]
+    uid = request.get("uid", "")
+    response: dict[str, Any] = {"uid": uid if isinstance(uid, str) else "", "allowed": True}
+    webhook = {"mutate": "mutate", "validate": "validate"}.get(kind, kind)
+    try:
+        if kind == "mutate":
+            ops = mutate_job(snap, request)
+            if ops:
+                response["patchType"] = "JSONPatch"
+                response["patch"] = base64.b64encode(json.dumps(ops).encode()).decode()
+        elif kind == "validate":
+            validate_job(snap, request)
+        elif kind == "validate-policy":
+            validate_policy(request)
+        else:
+            return 404, {"error": f"no webhook {kind!r}; serving {', '.join(HANDLERS)}"}
+        metrics.WEBHOOK_REQUESTS.labels(webhook, "allowed").inc()
+    except Refused as exc:
         metrics.WEBHOOK_REQUESTS.labels(webhook, "denied").inc()
-        raise
-    except Exception:
+        response["allowed"] = False
+        response["status"] = {"code": exc.code, "message": exc.message[:4000],
+                              "reason": "BadRequest" if exc.code == 400 else "Invalid"}
+    except Exception as exc:  # noqa: BLE001 - a bug: answered, counted, alerted on
         metrics.WEBHOOK_REQUESTS.labels(webhook, "error").inc()
-        raise
-    metrics.WEBHOOK_REQUESTS.labels(webhook, "allowed").inc()
+        response["allowed"] = False
+        response["status"] = {"code": 500, "reason": "InternalError",
+                              "message": f"yolofit admission failed: {type(exc).__name__}"}
+    return 200, {"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview",
+                 "response": response}
 
-
-def register(registry: kopf.OperatorRegistry, world: World) -> None:
-    resource = (GROUP, VERSION, "yolotrainingjobs")
-
-    # async: kopf runs sync handlers in a thread pool; these are pure and sub-millisecond,
-    # so running them on the loop saves the executor hop and GIL ping-pong per review.
-    async def on_mutate(body: Any, old: Any, new: Any, patch: kopf.Patch, operation: str,
-                  **_: Any) -> None:
-        with counted("mutate"):
-            mutate(world, body, old, new, patch, operation)
-
-    async def on_validate(body: Any, old: Any, new: Any, operation: str, **_: Any) -> None:
-        with counted("validate"):
-            validate(world, body, old, new, operation)
-
-    kopf.on.mutate(*resource, id="plan", operations=["CREATE", "UPDATE"],
-                   registry=registry)(cast(Any, on_mutate))
-    kopf.on.validate(*resource, id="fit", operations=["CREATE", "UPDATE"],
-                     registry=registry)(cast(Any, on_validate))
-
-
-LATENCIES: deque[float] = deque(maxlen=100_000)  # seconds per admission review, newest last
-
-
-def latency_summary() -> dict[str, Any]:
-    """p50/p90/p99/max in milliseconds of the recent admission reviews' handling and of the
-    event loop's lag (the benchmark reads it from the health port's /debug/webhook-latency)."""
-    return {**_summary(LATENCIES), "loop_lag": _summary(LOOP_LAG)}
-
-
-LOOP_LAG: deque[float] = deque(maxlen=100_000)  # seconds an 0.05 s sleep overshot
-
-
-async def watch_loop_lag(interval: float = 0.05) -> None:
-    """How late the event loop runs a due callback: the wait an admission request has on
-    top of its handling time (it shares the loop with kopf's watches and reconciles)."""
-    loop = asyncio.get_running_loop()
-    while True:
-        started = loop.time()
-        await asyncio.sleep(interval)
-        LOOP_LAG.append(max(loop.time() - started - interval, 0.0))
-
-
-def _summary(values: deque[float]) -> dict[str, float]:
-    data = sorted(values)
-    if not data:
-        return {"count": 0}
-
-    def q(p: float) -> float:
-        return round(data[min(len(data) - 1, int(p * len(data)))] * 1000, 3)
-    return {"count": len(data), "p50_ms": q(0.50), "p90_ms": q(0.90), "p99_ms": q(0.99),
-            "max_ms": round(data[-1] * 1000, 3)}
-
-
-class TimedWebhookServer(kopf.WebhookServer):
-    """kopf's server; each review's handling time (kopf + our handlers) is recorded."""
-
-    async def __call__(self, fn: Any) -> AsyncIterator[Any]:  # type: ignore[override]
-        async def timed(*args: Any, **kwargs: Any) -> Any:
-            started = time.perf_counter()
-            try:
-                return await fn(*args, **kwargs)
-            finally:
-                LATENCIES.append(time.perf_counter() - started)
-
-        async for config in super().__call__(timed):
-            yield config
-
-
-class ServiceWebhookServer(TimedWebhookServer):
-    """kopf's server, registered through a Service reference (in-cluster, the chart)
-    instead of a URL."""
-
-    def __init__(self, *, service: str, namespace: str, service_port: int = 443,
-                 **kwargs: Any) -> None:
-        super().__init__(**kwargs)
-        self.service, self.namespace, self.service_port = service, namespace, service_port
-
-    async def __call__(self, fn: Any) -> AsyncIterator[Any]:  # type: ignore[override]
-        async for config in super().__call__(fn):
-            out: dict[str, Any] = {"service": {"namespace": self.namespace, "name": self.service,
-                                               "port": self.service_port, "path": ""}}
-            if "caBundle" in config:
-                out["caBundle"] = config["caBundle"]
-            yield out
