@@ -7,35 +7,50 @@ from typing import Any
 
 from yolofit.operator.api import GROUP
 
+# Cluster-scoped objects and discovery: always a ClusterRole.
 RULES: list[dict[str, Any]] = [
-    # Jobs: watch, write the plan (spec.plan) and status.
-    {"apiGroups": [GROUP], "resources": ["yolotrainingjobs"],
-     "verbs": ["get", "list", "watch", "patch"]},
-    {"apiGroups": [GROUP], "resources": ["yolotrainingjobs/status"], "verbs": ["get", "patch"]},
     # Policy: read; publish the discovered fleet and learned margins on its status.
     {"apiGroups": [GROUP], "resources": ["gpucapacitypolicies"],
      "verbs": ["get", "list", "watch"]},
     {"apiGroups": [GROUP], "resources": ["gpucapacitypolicies/status"],
      "verbs": ["get", "patch"]},
-    # Children: one headless Service and the worker pods of each job (gates removed by patch).
-    {"apiGroups": [""], "resources": ["pods"],
-     "verbs": ["get", "list", "watch", "create", "patch", "delete"]},
-    {"apiGroups": [""], "resources": ["services"], "verbs": ["get", "list", "create"]},
     # Fleet discovery from GPU Feature Discovery labels.
     {"apiGroups": [""], "resources": ["nodes"], "verbs": ["get", "list"]},
-    # Events on jobs (kopf posts core/v1 Events).
-    {"apiGroups": ["", "events.k8s.io"], "resources": ["events"], "verbs": ["create", "patch"]},
     # kopf: API discovery of CRDs and the namespaces it serves.
     {"apiGroups": ["apiextensions.k8s.io"], "resources": ["customresourcedefinitions"],
      "verbs": ["get", "list", "watch"]},
     {"apiGroups": [""], "resources": ["namespaces"], "verbs": ["get", "list", "watch"]},
-    # kopf-managed webhook configurations (caBundle and rules kept current).
+    # Webhook and status-policy configurations (the sandbox; the chart owns them instead).
     {"apiGroups": ["admissionregistration.k8s.io"],
-     "resources": ["mutatingwebhookconfigurations", "validatingwebhookconfigurations"],
+     "resources": ["mutatingwebhookconfigurations", "validatingwebhookconfigurations",
+                   "validatingadmissionpolicies", "validatingadmissionpolicybindings"],
      "verbs": ["get", "list", "watch", "create", "patch"]},
     # kopf peering between replicas (leader election), when --peering is set.
     {"apiGroups": ["kopf.dev"], "resources": ["clusterkopfpeerings"],
      "verbs": ["get", "list", "watch", "patch"]},
+]
+
+# Where the jobs live: a ClusterRole when the operator serves the whole cluster, a Role in
+# each served namespace when the chart is given a list (no cluster-wide pod access then).
+# RBAC cannot say "only the pods this operator created": it matches verbs, resources and
+# exact names, never labels or ownerReferences. The chart adds a ValidatingAdmissionPolicy
+# (templates/admissionpolicies.yaml) that refuses the operator's pod updates and deletes
+# unless the pod's controller is a YOLOTrainingJob; list/watch of pods stay namespace-wide.
+WORKLOAD_RULES: list[dict[str, Any]] = [
+    # Jobs: watch, write the plan mirror (spec.plan) and status.
+    {"apiGroups": [GROUP], "resources": ["yolotrainingjobs"],
+     "verbs": ["get", "list", "watch", "patch"]},
+    {"apiGroups": [GROUP], "resources": ["yolotrainingjobs/status"], "verbs": ["get", "patch"]},
+    # Children: the worker pods (gates removed by patch), one headless Service, one
+    # NetworkPolicy per job; one trainer ServiceAccount per namespace (no token mounted).
+    {"apiGroups": [""], "resources": ["pods"],
+     "verbs": ["get", "list", "watch", "create", "patch", "delete"]},
+    {"apiGroups": [""], "resources": ["services"], "verbs": ["get", "list", "create"]},
+    {"apiGroups": ["networking.k8s.io"], "resources": ["networkpolicies"],
+     "verbs": ["get", "create"]},
+    {"apiGroups": [""], "resources": ["serviceaccounts"], "verbs": ["get", "create"]},
+    # Events on jobs (kopf posts core/v1 Events).
+    {"apiGroups": ["", "events.k8s.io"], "resources": ["events"], "verbs": ["create", "patch"]},
 ]
 
 # In the operator's own namespace only (a Role): the learned-margins ConfigMap.
