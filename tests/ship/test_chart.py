@@ -130,15 +130,51 @@ def test_rbac_is_the_operators_own_list_without_webhook_configurations(
     from yolofit.operator import rbac
 
     objects = render()
-    owned = {"mutatingwebhookconfigurations", "validatingwebhookconfigurations"}
-    assert one(objects, "ClusterRole")["rules"] == [
-        r for r in rbac.RULES if not owned & set(r["resources"])]
+    owned = {"mutatingwebhookconfigurations", "validatingwebhookconfigurations",
+             "validatingadmissionpolicies", "validatingadmissionpolicybindings"}
+    cluster = {r["metadata"]["name"]: r["rules"] for r in by_kind(objects, "ClusterRole")}
+    assert cluster["yolofit"] == [r for r in rbac.RULES if not owned & set(r["resources"])]
+    assert cluster["yolofit-workloads"] == rbac.WORKLOAD_RULES
     assert one(objects, "Role")["rules"] == rbac.NAMESPACED_RULES
+
+
+def test_rbac_is_per_namespace_when_the_chart_lists_them(render: Render) -> None:
+    from yolofit.operator import rbac
+
+    objects = render("--set", "operator.namespaces={team-a,team-b}")
+    assert [r["metadata"]["name"] for r in by_kind(objects, "ClusterRole")] == ["yolofit"]
+    roles = {r["metadata"]["namespace"]: r["rules"] for r in by_kind(objects, "Role")
+             if r["metadata"]["name"] == "yolofit-workloads"}
+    assert roles == {"team-a": rbac.WORKLOAD_RULES, "team-b": rbac.WORKLOAD_RULES}
+    cluster_rules = one([o for o in by_kind(objects, "ClusterRole")], "ClusterRole")["rules"]
+    assert not any("pods" in r["resources"] for r in cluster_rules)
+    (container,) = one(objects, "Deployment")["spec"]["template"]["spec"]["containers"]
+    env = {e["name"]: e.get("value") for e in container["env"]}
+    assert json.loads(env["YOLOFIT_OPERATOR_NAMESPACES"]) == ["team-a", "team-b"]
+
+
+def test_admission_policies_name_the_operators_service_account(render: Render) -> None:
+    objects = render()
+    policies = {p["metadata"]["name"]: p for p in by_kind(objects, "ValidatingAdmissionPolicy")}
+    user = "system:serviceaccount:yolofit-system:yolofit"
+    status = policies["yolofit-status"]["spec"]
+    assert status["matchConstraints"]["resourceRules"][0]["resources"] == [
+        "yolotrainingjobs/status"]
+    assert status["validations"][0]["expression"] == f"request.userInfo.username == '{user}'"
+    owned = policies["yolofit-owned-pods"]["spec"]
+    assert owned["matchConditions"][0]["expression"] == f"request.userInfo.username == '{user}'"
+    bindings = {b["spec"]["policyName"] for b in by_kind(objects,
+                                                         "ValidatingAdmissionPolicyBinding")}
+    assert bindings == set(policies)
+    (container,) = one(objects, "Deployment")["spec"]["template"]["spec"]["containers"]
+    env = {e["name"]: e.get("value") for e in container["env"]}
+    assert env["YOLOFIT_OPERATOR_OPERATOR_USERNAME"] == user
 
 
 def test_rbac_grants_no_secrets_wildcards_or_escalation(render: Render) -> None:
     objects = render()
-    rules = [r for kind in ("ClusterRole", "Role") for r in one(objects, kind)["rules"]]
+    rules = [r for kind in ("ClusterRole", "Role") for o in by_kind(objects, kind)
+             for r in o["rules"]]
     for rule in rules:
         assert "*" not in rule["verbs"] + rule["resources"] + rule["apiGroups"], rule
         assert not {"escalate", "bind", "impersonate"} & set(rule["verbs"]), rule
@@ -177,22 +213,36 @@ def test_self_signed_webhook_certificate_is_valid_for_the_service(render: Render
     assert service["spec"]["selector"].items() <= pod_labels.items()
     assert service["spec"]["ports"][0]["targetPort"] == "webhook"
     hooks = webhooks(objects)
-    assert {w["clientConfig"]["service"]["path"] for w in hooks} == {"/plan", "/fit"}
+    assert {w["clientConfig"]["service"]["path"] for w in hooks} == {
+        "/mutate", "/validate", "/validate-policy"}
     for hook in hooks:
         assert base64.b64decode(hook["clientConfig"]["caBundle"]) == data["ca.crt"]
         assert hook["clientConfig"]["service"]["name"] == svc
         assert hook["sideEffects"] == "None" and hook["failurePolicy"] == "Fail"
-        assert hook["rules"][0]["resources"] == ["yolotrainingjobs"]
+        assert hook["rules"][0]["resources"] in (["yolotrainingjobs"], ["gpucapacitypolicies"])
     volumes = deploy["spec"]["template"]["spec"]["volumes"]
     assert {"name": "tls", "secret": {"secretName": secret["metadata"]["name"],
                                       "defaultMode": 0o440}} in volumes
 
 
-def test_webhook_handler_ids_match_the_chart_paths() -> None:
-    """kopf serves each admission handler at /<handler id>."""
-    source = (ROOT / "yolofit" / "operator" / "webhooks.py").read_text()
-    assert 'kopf.on.mutate(*resource, id="plan"' in source
-    assert 'kopf.on.validate(*resource, id="fit"' in source
+def test_chart_webhooks_are_the_operators_own_configuration(render: Render) -> None:
+    """The chart renders what yolofit/operator/webhook_config.py builds for the sandbox
+    (names, paths, rules, matchConditions), with the chart's Service and identity."""
+    from yolofit.operator import webhook_config
+
+    user = "system:serviceaccount:yolofit-system:yolofit"
+    mutating, validating = webhook_config.webhook_configurations(
+        "x", b"ca", service={"namespace": "yolofit-system", "name": "yolofit-webhook",
+                             "port": 443}, operator_username=user)
+    want = {w["name"]: w for w in mutating["webhooks"] + validating["webhooks"]}
+    got = {w["name"]: w for w in webhooks(render())}
+    assert set(got) == set(want)
+    for name, hook in got.items():
+        for key in ("rules", "matchConditions", "failurePolicy", "sideEffects",
+                    "admissionReviewVersions", "matchPolicy"):
+            assert hook[key] == want[name][key], (name, key)
+        assert hook["clientConfig"]["service"]["path"] == \
+            want[name]["clientConfig"]["service"]["path"]
 
 
 def test_cert_manager_mode_uses_a_certificate_and_the_ca_injector(render: Render) -> None:
@@ -262,10 +312,17 @@ def test_monitors_keep_exporter_labels_and_name_the_scrape_jobs(render: Render) 
     jobs = {}
     for monitor in by_kind(objects, "PodMonitor"):
         (endpoint,) = monitor["spec"]["podMetricsEndpoints"]
-        assert endpoint["honorLabels"] is True  # metrics carry their own job/namespace labels
-        (job,) = [r["replacement"] for r in endpoint["relabelings"]
-                  if r.get("targetLabel") == "job"]
-        jobs[monitor["metadata"]["name"]] = (job, monitor["spec"])
+        relabel = {r.get("targetLabel"): r for r in endpoint["relabelings"]}
+        if monitor["metadata"]["name"].endswith("-trainer"):
+            # Targets are not trusted: namespace and job come from the pod's metadata.
+            assert endpoint["honorLabels"] is False
+            assert relabel["namespace"]["sourceLabels"] == ["__meta_kubernetes_namespace"]
+            assert relabel["job"]["sourceLabels"] == [
+                "__meta_kubernetes_pod_label_yolofit_io_job"]
+            jobs[monitor["metadata"]["name"]] = ("yolofit-trainer", monitor["spec"])
+            continue
+        assert endpoint["honorLabels"] is True  # the operator's own metrics
+        jobs[monitor["metadata"]["name"]] = (relabel["job"]["replacement"], monitor["spec"])
     op_job, op_spec = jobs["yolofit-operator"]
     assert op_job == "yolofit-operator"
     deploy = one(objects, "Deployment")

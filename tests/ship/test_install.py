@@ -156,6 +156,8 @@ ALLOWED = [
     ("patch", "pods", "-n=team-x"),
     ("delete", "pods", "-n=team-x"),
     ("create", "services", "-n=team-x"),
+    ("create", "networkpolicies.networking.k8s.io", "-n=team-x"),
+    ("create", "serviceaccounts", "-n=team-x"),
     ("create", "events", "-n=team-x"),
     ("create", "events.events.k8s.io", "-n=team-x"),
     ("list", "nodes", ""),
@@ -183,7 +185,19 @@ FORBIDDEN = [
     ("delete", "customresourcedefinitions.apiextensions.k8s.io", ""),
     ("create", "deployments.apps", "-n={ns}"),
     ("delete", "namespaces", ""),
+    ("create", "serviceaccounts/token", "-n=team-x"),
+    ("delete", "networkpolicies.networking.k8s.io", "-n=team-x"),
+    ("patch", "validatingadmissionpolicies.admissionregistration.k8s.io", ""),
 ]
+# With operator.namespaces=[team-x]: pods and jobs there only, nothing cluster-wide.
+NAMESPACED_ALLOWED = [("create", "pods", "-n=team-x"), ("patch", "pods", "-n=team-x"),
+                      ("watch", "yolotrainingjobs.yolofit.io", "-n=team-x"),
+                      ("list", "nodes", "")]
+NAMESPACED_FORBIDDEN = [("create", "pods", "-n=team-y"), ("patch", "pods", "-n=team-y"),
+                        ("patch", "pods", "--all-namespaces"),
+                        ("create", "pods", "--all-namespaces"),
+                        ("list", "secrets", "-n=team-x"),
+                        ("patch", "yolotrainingjobs.yolofit.io/status", "-n=team-y")]
 
 
 def can_i(kubectl: Kubectl, release: Release, verb: str, resource: str, scope: str) -> bool:
@@ -203,6 +217,18 @@ def test_service_account_can_do_what_the_operator_needs_and_no_more(
     release.helm("install", release.name, str(CHART), *inert_webhook_values(release.name))
     missing = [c for c in ALLOWED if not can_i(kubectl, release, *c)]
     extra = [c for c in FORBIDDEN if can_i(kubectl, release, *c)]
+    assert not missing, f"the operator's ServiceAccount lacks {missing}"
+    assert not extra, f"the operator's ServiceAccount may {extra}"
+
+
+def test_service_account_is_namespaced_when_the_chart_lists_namespaces(
+        release: Release, kubectl: Kubectl) -> None:
+    apply_crds(kubectl)
+    kubectl("create", "namespace", "team-x", check=False)  # the Role lives there
+    release.helm("install", release.name, str(CHART), *inert_webhook_values(release.name),
+                 "--set", "operator.namespaces={team-x}")
+    missing = [c for c in NAMESPACED_ALLOWED if not can_i(kubectl, release, *c)]
+    extra = [c for c in NAMESPACED_FORBIDDEN if can_i(kubectl, release, *c)]
     assert not missing, f"the operator's ServiceAccount lacks {missing}"
     assert not extra, f"the operator's ServiceAccount may {extra}"
 
