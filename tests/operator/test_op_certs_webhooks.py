@@ -1,17 +1,25 @@
-"""Webhook TLS made by the project, and the Service-reference registration (in-cluster)."""
+"""Webhook TLS made by the project, and the admission server: its own thread and loop,
+answering while the operator's loop is blocked, and the configurations it registers."""
 
 from __future__ import annotations
 
-import base64
+import asyncio
+import json
 import ssl
+import threading
+import urllib.request
 from pathlib import Path
 from typing import Any
 
 from cryptography import x509
 
+from yolofit.estimator.profile import ProfileStore
+from yolofit.operator import webhook_config
+from yolofit.operator.admission_server import AdmissionServer, latency_summary
+from yolofit.operator.api import GPUCapacityPolicySpec
 from yolofit.operator.certs import ensure_certs, service_names
 from yolofit.operator.testing import free_port
-from yolofit.operator.webhooks import ServiceWebhookServer, TimedWebhookServer
+from yolofit.operator.webhooks import Snapshot
 
 
 def test_certs_cover_the_names_and_are_reused(tmp_path: Path) -> None:
@@ -27,33 +35,70 @@ def test_certs_cover_the_names_and_are_reused(tmp_path: Path) -> None:
     assert ensure_certs(tmp_path, [*names, "other.example"]).ca_pem != ca_before
 
 
-async def _first_config(server: Any) -> dict[str, Any]:
-    async def fn(*_: Any, **__: Any) -> Any:
-        return {}
-
-    gen = server(fn)
-    try:
-        return dict(await gen.__anext__())
-    finally:
-        await gen.aclose()
+def post(port: int, ca: Path, path: str, body: Any) -> dict[str, Any]:
+    ctx = ssl.create_default_context(cafile=str(ca))
+    req = urllib.request.Request(f"https://127.0.0.1:{port}{path}", data=json.dumps(body).encode(),
+                                 headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(req, context=ctx, timeout=30) as r:
+        return dict(json.loads(r.read()))
 
 
-async def test_service_mode_registers_a_service_reference(tmp_path: Path) -> None:
-    certs = ensure_certs(tmp_path, ["127.0.0.1", *service_names("hook", "ops")])
-    server = ServiceWebhookServer(service="hook", namespace="ops", addr="127.0.0.1",
-                                  port=free_port(), cafile=str(certs.cafile),
-                                  certfile=str(certs.certfile), pkeyfile=str(certs.pkeyfile))
-    config = await _first_config(server)
-    assert config["service"] == {"namespace": "ops", "name": "hook", "port": 443, "path": ""}
-    assert base64.b64decode(config["caBundle"]) == certs.ca_pem
-    assert "url" not in config
+POLICY_REVIEW = {"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview",
+                 "request": {"uid": "abc", "operation": "CREATE",
+                             "object": {"spec": {"classes": [{"name": "t4",
+                                                              "memory": "80 gigs"}]}}}}
 
 
-async def test_url_mode_registers_the_loopback_url(tmp_path: Path) -> None:
+def test_admission_server_answers_while_the_operator_loop_is_blocked(tmp_path: Path) -> None:
     certs = ensure_certs(tmp_path, ["127.0.0.1"])
-    port = free_port()
-    server = TimedWebhookServer(addr="127.0.0.1", host="127.0.0.1", port=port,
-                                cafile=str(certs.cafile), certfile=str(certs.certfile),
-                                pkeyfile=str(certs.pkeyfile))
-    config = await _first_config(server)
-    assert config["url"] == f"https://127.0.0.1:{port}"
+    snap = Snapshot(policy=GPUCapacityPolicySpec(), classes={},
+                    store=ProfileStore(tmp_path / "p", shipped=None))
+    server = AdmissionServer(snap, "127.0.0.1", free_port(), certs.certfile, certs.pkeyfile)
+    server.start()
+    answered = threading.Event()
+    replies: list[dict[str, Any]] = []
+
+    def client() -> None:
+        replies.append(post(server.port, certs.cafile, "/validate-policy", POLICY_REVIEW))
+        answered.set()
+
+    async def operator_loop() -> bool:
+        threading.Thread(target=client, daemon=True).start()
+        # Block this loop outright (as a long reconcile or a GIL-free wait would): a review
+        # served on it could not be answered until we return.
+        return answered.wait(timeout=30)
+
+    try:
+        assert asyncio.run(operator_loop()), "no answer while the operator's loop was blocked"
+        (reply,) = replies
+        assert reply["response"]["uid"] == "abc" and reply["response"]["allowed"] is False
+        assert "spec.classes[0].memory" in reply["response"]["status"]["message"]
+        server.publish(Snapshot(policy=GPUCapacityPolicySpec(), classes={}, store=snap.store))
+        assert server.snapshot is not snap
+        assert latency_summary()["count"] >= 1
+        bad = urllib.request.Request(f"https://127.0.0.1:{server.port}/validate", data=b"{[",
+                                     headers={"Content-Type": "application/json"})
+        try:
+            urllib.request.urlopen(bad, context=ssl.create_default_context(
+                cafile=str(certs.cafile)), timeout=30)
+            raise AssertionError("junk body accepted")
+        except urllib.error.HTTPError as exc:
+            assert exc.code == 400
+    finally:
+        server.stop()
+
+
+def test_webhook_configurations_skip_what_they_need_not_see() -> None:
+    mutating, validating = webhook_config.webhook_configurations(
+        "yolofit.io", b"ca", url="https://127.0.0.1:9443", operator_username="op")
+    (plan,) = mutating["webhooks"]
+    assert plan["clientConfig"]["url"] == "https://127.0.0.1:9443/mutate"
+    assert plan["failurePolicy"] == "Fail"
+    assert [c["name"] for c in plan["matchConditions"]] == ["spec-changed", "not-the-operator"]
+    assert plan["matchConditions"][1]["expression"] == "request.userInfo.username != 'op'"
+    names = {w["name"]: w for w in validating["webhooks"]}
+    assert names["policy.yolofit.io"]["rules"][0]["resources"] == ["gpucapacitypolicies"]
+    policy, binding = webhook_config.status_policy("s", "it's me")
+    assert policy["spec"]["validations"][0]["expression"] == \
+        "request.userInfo.username == 'it\\'s me'"
+    assert binding["spec"]["policyName"] == "s"

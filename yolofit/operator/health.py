@@ -18,7 +18,7 @@ async def start_health(port: int, world: World, addr: str = "0.0.0.0") -> web.Ap
             status=503, text="starting")
 
     async def latency(_: web.Request) -> web.Response:
-        from yolofit.operator.webhooks import latency_summary
+        from yolofit.operator.admission_server import latency_summary
 
         return web.json_response(latency_summary())
 

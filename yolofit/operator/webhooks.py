@@ -148,7 +148,7 @@ def validate_job(snap: Snapshot, request: dict[str, Any]) -> None:
     old = request.get("oldObject")
     admitted, running = _admitted_plan(old)
     raw_plan = obj["spec"].get("plan")
-    if admitted:
+    if admitted and isinstance(old, dict):
         if _without_plan(obj["spec"]) != _without_plan(old.get("spec")):
             raise Refused("spec: the job is admitted; its spec cannot change (the pods run "
                           "with it). Delete and re-create the job to change it.")
