@@ -123,6 +123,7 @@ def test_the_webhook_path_imports_no_torch() -> None:
         "from yolofit.cli import build_parser\n"
         "build_parser()\n"
         "import yolofit.operator.handlers, yolofit.operator.webhooks\n"
+        "import yolofit.operator.admission_server, yolofit.operator.webhook_config\n"
         "import yolofit.estimator.planner, yolofit.estimator.profile\n"
         "heavy = sorted(m for m in ('torch', 'torchvision', 'ultralytics', 'cv2') "
         "if m in sys.modules)\n"

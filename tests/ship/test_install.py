@@ -276,6 +276,9 @@ def admission_review(hook: dict[str, Any], port: int, ca: Path, namespace: str) 
     job = {"apiVersion": "yolofit.io/v1alpha1", "kind": "YOLOTrainingJob",
            "metadata": {"name": "review", "namespace": namespace},
            "spec": {"model": "yolov8n", "data": "/data/coco8.yaml", "epochs": 1}}
+    if hook["rules"][0]["resources"] == ["gpucapacitypolicies"]:
+        job = {"apiVersion": "yolofit.io/v1alpha1", "kind": "GPUCapacityPolicy",
+               "metadata": {"name": "review"}, "spec": {"namespaces": [{"namespace": "*"}]}}
     resource = {"group": "yolofit.io", "version": "v1alpha1", "resource": "yolotrainingjobs"}
     body = {"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview", "request": {
         "uid": secrets.token_hex(8), "operation": "CREATE", "namespace": namespace,
@@ -350,7 +353,7 @@ def test_operator_runs_with_only_the_charts_service_account(
             for hook in config["webhooks"]:
                 review = admission_review(hook, op.webhook_port, certs / "ca.crt", jobs_ns)
                 assert review["response"]["allowed"] is True, review
-                if kind.startswith("mutating"):
+                if kind.startswith("mutating"):  # the plan, on a CREATE
                     patch = json.loads(base64.b64decode(review["response"]["patch"]))
                     assert any(p["path"].startswith("/spec/plan") for p in patch), patch
         kubectl("delete", "ytj", job, "-n", jobs_ns, "--wait=true", "--timeout=60s")
