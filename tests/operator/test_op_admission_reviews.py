@@ -352,3 +352,12 @@ def test_volume_type() -> None:
     assert pod_rules.volume_type({"name": "x", "csi": {}}) == "csi"
     assert pod_rules.volume_type({"name": "x"}) is None
     assert pod_rules.volume_type({"name": "x", "csi": {}, "hostPath": {}}) is None
+
+
+def test_a_model_path_the_operator_cannot_read_is_a_422(store: ProfileStore,
+                                                        tmp_path: Path) -> None:
+    unreadable = tmp_path / "custom.yaml"
+    unreadable.mkdir()  # reading it raises IsADirectoryError (root ignores permission bits)
+    resp = answer("validate", snapshot(store), job(model=str(unreadable)))
+    assert resp["allowed"] is False and resp["status"]["code"] == 422
+    assert resp["status"]["message"].startswith("spec"), resp["status"]["message"]

@@ -137,7 +137,8 @@ def decide(name: str, namespace: str, spec: YOLOTrainingJobSpec, policy: GPUCapa
         return Decision(missing=exc.key)
     except ValueError as exc:  # the planner's own field checks, or an unknown model
         return Decision(errors=(f"spec: {exc}",))
-    except (OSError, RecursionError) as exc:  # a model path the operator may not read
+    except (OSError, RecursionError, ImportError) as exc:  # a path it may not read, or a
+        # custom .pt, which needs torch (not on the admission path)
         return Decision(errors=(f"spec.model: cannot read {spec.model!r} "
                                 f"({type(exc).__name__}); use a model name or a YAML the "
                                 f"operator can read",))
