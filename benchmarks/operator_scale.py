@@ -347,7 +347,7 @@ same burst) | {r['yolofit_p99_ms']} / {r['floor_p99_ms']} ms = {r['p99_ratio_to_
 
 1-minute load average {r['load_average_before']} before the burst, {r['load_average_after']}
 after, on {cpus} cores. The operator itself used {r['operator_cpu_cores_avg']} of them on
-average; the rest went to the control plane (the apiserver, etcd, kwok's 1,000 node
+average; the rest went to the control plane (the apiserver, etcd, kwok's {args.nodes:,} node
 heartbeats, the scheduler), the POSTing client and whatever else shared the machine.
 """
     text = RESULTS.read_text() if RESULTS.exists() else "# Benchmark results\n"
