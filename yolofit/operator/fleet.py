@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from yolofit.estimator.gpu import GpuClass, from_gfd_labels
+from yolofit.operator.sharing.base import Sharing
 
 PRODUCT = "nvidia.com/gpu.product"
 MEMORY = "nvidia.com/gpu.memory"
@@ -40,6 +41,7 @@ class ClassInfo:
     gpus_per_node: int = 0  # the most GPUs one node of the class has
     total_gpus: int = 0
     product: str = ""
+    sharing: Sharing = field(default_factory=Sharing)  # backend, MIG profile (sharing/)
 
     @property
     def name(self) -> str:
