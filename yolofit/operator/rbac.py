@@ -21,6 +21,9 @@ RULES: list[dict[str, Any]] = [
     {"apiGroups": [""], "resources": ["pods"],
      "verbs": ["get", "list", "watch", "create", "patch", "delete"]},
     {"apiGroups": [""], "resources": ["services"], "verbs": ["get", "list", "create"]},
+    # DRA-backed classes: one ResourceClaimTemplate per job attempt (sharing/dra.py).
+    {"apiGroups": ["resource.k8s.io"], "resources": ["resourceclaimtemplates"],
+     "verbs": ["get", "create"]},
     # Fleet discovery from GPU Feature Discovery labels.
     {"apiGroups": [""], "resources": ["nodes"], "verbs": ["get", "list"]},
     # Events on jobs (kopf posts core/v1 Events).
