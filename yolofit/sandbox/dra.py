@@ -98,14 +98,13 @@ def resource_slices(fleet: Fleet) -> list[dict[str, Any]]:
 
 def publish(api_client: ApiClient, objects: Iterable[dict[str, Any]]) -> int:
     """Create the objects (cluster-scoped); existing ones are left alone."""
-    from kubernetes.client import ApiException
-    from kubernetes.client import ResourceV1Api as _Resource  # type: ignore[attr-defined]
+    from kubernetes.client import ApiException, ResourceV1Api
 
-    api = _Resource(api_client)
+    api = ResourceV1Api(api_client)
     created = 0
     for obj in objects:
-        fn = (api.create_device_class if obj["kind"] == "DeviceClass"
-              else api.create_resource_slice)
+        fn: Any = (api.create_device_class if obj["kind"] == "DeviceClass"
+                   else api.create_resource_slice)
         try:
             fn(obj, _preload_content=False)
             created += 1
