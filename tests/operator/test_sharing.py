@@ -273,3 +273,51 @@ def test_device_plugin_plan_is_untouched(store: ProfileStore) -> None:
     assert d.plan.slice == d.plan.gpu_class
     assert d.plan.requested_bytes == policy.effective_classes(pol(), NODES)[
         d.plan.gpu_class].gpu.memory_bytes
+
+
+# --- hooks: reconcile creates the claim template first; status surfaces the scheduler ----------
+
+def test_reconcile_creates_the_claim_template_before_the_pods(tmp_path: Path) -> None:
+    import asyncio
+
+    from test_op_reconcile import FakeKube
+
+    from yolofit.operator.reconcile import Reconciler
+    from yolofit.operator.state import World
+
+    world = World(store=make_profiles(tmp_path))
+    world.set_nodes(NODES)
+    world.set_policy(_backend_policy("dra"))
+    job = {"apiVersion": "yolofit.io/v1alpha1", "kind": "YOLOTrainingJob",
+           "metadata": {"name": "j", "namespace": "ns", "uid": "u", "generation": 1},
+           "spec": {"model": "yolov8n", "data": "/d.yaml", "gpus": {"nodes": 1, "perNode": 1}}}
+    world.jobs[("ns", "j")] = job
+    api = FakeKube()
+    r = Reconciler(world, api, lambda *a: None, lambda key: asyncio.sleep(0, None))  # type: ignore[arg-type]
+    r.trust_spec_plan = False
+    asyncio.run(r.reconcile(("ns", "j")))
+    created = [c[1] for c in api.calls if c[0] == "create"]
+    assert created == ["/api/v1/namespaces/ns/services/j",
+                       f"{dra.templates_path('ns')}/j-gpu-0",
+                       "/api/v1/namespaces/ns/pods/j-worker-0"]
+    pod = api.objects["/api/v1/namespaces/ns/pods/j-worker-0"]
+    assert pod["spec"]["resourceClaims"][0]["resourceClaimTemplateName"] == "j-gpu-0"
+    assert job["spec"]["plan"]["backend"] == "dra"
+
+
+def test_the_schedulers_reason_reaches_the_job_status() -> None:
+    from yolofit.operator.api import Plan
+    from yolofit.operator.status import pod_view, summarize
+
+    plan = Plan(gpu_class="c", nodes=1, gpus_per_node=1, gpus=1, batch_per_gpu=1, accumulate=1,
+                amp="fp16", imgsz=640)
+    message = "0/11 nodes are available: 11 cannot allocate all claims."
+    pod = {"metadata": {"name": "j-worker-0", "labels": {"yolofit.io/rank": "0"}},
+           "spec": {}, "status": {"phase": "Pending", "conditions": [
+               {"type": "PodScheduled", "status": "False", "reason": "Unschedulable",
+                "message": message}]}}
+    out = summarize([pod_view(pod)], plan)
+    assert (out.phase, out.reason) == ("Admitted", "Unschedulable")
+    assert out.message == f"j-worker-0 is unschedulable: {message}"
+    pod["spec"]["nodeName"] = "n"  # bound since: no longer the scheduler's problem
+    assert summarize([pod_view(pod)], plan).reason == "WaitingForPods"
