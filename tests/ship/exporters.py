@@ -81,6 +81,8 @@ def operator_tick(n: int) -> None:
     for i, phase in enumerate(PHASES):
         op.JOBS.labels(phase, NAMESPACE).set(i + 1)
     op.ADMITTED_GPUS.labels(GPU_CLASS, NAMESPACE).set(8)
+    op.JOB_MEMORY.labels(NAMESPACE, JOB, GPU_CLASS, "device-plugin", "requested").set(15 * GiB)
+    op.JOB_MEMORY.labels(NAMESPACE, JOB, GPU_CLASS, "device-plugin", "predicted").set(12 * GiB)
     op.PLAN_SECONDS.observe(0.002 + 0.001 * (n % 3))
     op.PREDICTED_UTILISATION.labels(GPU_CLASS).observe(0.82 + 0.01 * (n % 5))
     op.ESTIMATE_ERROR.labels(GPU_CLASS).observe(0.15 - 0.02 * (n % 4))
