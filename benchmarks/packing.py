@@ -266,6 +266,89 @@ def simulate(fleet: Fleet, scenario: str, jobs: list[Job],
     }
 
 
+def planned(fleet: Fleet, scenario: str, jobs: list[Job], store: ProfileStore) -> list[Job]:
+    policy, classes = classes_for(fleet, scenario)
+    out = []
+    for j in jobs:
+        d = admission.decide(f"j{j.index}", "bench", j.spec, policy, classes, store)
+        if d.plan is not None:
+            out.append(Job(j.index, j.spec, 0.0, j.gpu_hours, d.plan, classes[d.plan.gpu_class]))
+    return out
+
+
+def burst_simulated(fleet: Fleet, scenario: str, jobs: list[Job]) -> int:
+    """Jobs the simulator starts when all arrive at once and none finishes."""
+    devices = devices_of(fleet)
+    if scenario == "whole":
+        devices = [d for d in devices if d.kind == "gpu"]
+    by_node = list(dict.fromkeys(d.node for d in devices))
+    started = 0
+    for job in jobs:
+        got = place(job, devices, by_node)
+        if got is not None:
+            for dev in got:
+                dev.busy = True
+            started += 1
+    return started
+
+
+def burst_on_sandbox(fleet: Fleet, scenario: str, jobs: list[Job]) -> int:
+    """The same burst through the real control plane: pods built by the operator's builders,
+    bound by kube-scheduler (device plugin resources and DRA claims), run by kwok. Returns
+    the jobs whose pods all run once the scheduler has settled."""
+    import json
+
+    from kubernetes.client import CoreV1Api, ResourceV1Api
+
+    from yolofit.sandbox import Sandbox
+    from yolofit.sandbox.testing import wait_for
+
+    sb = Sandbox.up(fleet=fleet, ephemeral=True)
+    client = sb.api_client()
+    try:
+        # Plain dicts go through the client as they are (it serialises them unchanged).
+        core: Any = CoreV1Api(client)
+        res: Any = ResourceV1Api(client)
+        core.create_namespace({"metadata": {"name": "bench"}})
+        wait_for(lambda: core.list_namespaced_service_account("bench").items, 60,
+                 what="the default ServiceAccount")
+        for job in jobs:
+            assert job.plan is not None and job.info is not None
+            body = {"metadata": {"name": f"j{job.index}", "namespace": "bench", "uid": "u"}}
+            for _, child in sharing.children(body, job.plan, job.info, 0):
+                child["metadata"].pop("ownerReferences")
+                res.create_namespaced_resource_claim_template("bench", child)
+            for rank in range(job.plan.nodes):
+                pod = launch.build_pod(body, job.spec, job.plan, rank, 0,
+                                       job.info.node_selector, job.info.tolerations,
+                                       gated=False)
+                pod = sharing.apply_pod(pod, job.plan, job.info, 0)
+                pod["metadata"].pop("ownerReferences")
+                core.create_namespaced_pod("bench", pod)
+        last: list[int] = []
+
+        def settled() -> int | None:
+            pods = json.loads(core.list_namespaced_pod("bench", _preload_content=False).data)
+            running: dict[str, int] = {}
+            undecided = 0
+            for p in pods["items"]:
+                job = p["metadata"]["labels"]["yolofit.io/job"]
+                if p["status"].get("phase") == "Running":
+                    running[job] = running.get(job, 0) + 1
+                elif not any(c.get("reason") == "Unschedulable"
+                             for c in p["status"].get("conditions") or []):
+                    undecided += 1
+            whole = sum(1 for j in jobs if running.get(f"j{j.index}", 0) == (
+                j.plan.nodes if j.plan else 0))
+            last.append(whole)
+            return whole if undecided == 0 and last[-5:] == [whole] * 5 else None
+
+        return wait_for(settled, 180, interval=1.0, what="the scheduler to settle")
+    finally:
+        client.close()
+        sb.down()
+
+
 ROWS = [("GPUs requested (GPU-equivalents: a MIG slice counts its share of the card)",
          "gpu_equivalents"), ("devices requested (cards + slices)", "devices"),
         ("jobs on a MIG slice", "on_mig"),
@@ -299,7 +382,8 @@ def write_results(text: str, args: argparse.Namespace, seconds: float) -> None:
                     for w, m, s, g in MIX)
     section = f"""{HEADING}
 
-Command: `.venv/bin/python benchmarks/packing.py --jobs {args.jobs} --seed {args.seed} --write`
+Command: `.venv/bin/python benchmarks/packing.py --jobs {args.jobs} --seed {args.seed} \
+{"--sandbox --burst " + str(args.burst) + " " if args.sandbox else ""}--write`
 Machine: {os.cpu_count()} cores ({model}), shared with other work; Python \
 {platform.python_version()}; {seconds:.1f} s. Date: {dt.datetime.now(dt.UTC):%Y-%m-%d %H:%M} UTC.
 
@@ -334,6 +418,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--jobs", type=int, default=120)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--write", action="store_true", help="update benchmarks/RESULTS.md")
+    ap.add_argument("--sandbox", action="store_true", help="also submit a burst of the first "
+                    "--burst jobs to a real sandbox per scenario and compare how many the "
+                    "kube-scheduler runs with the simulator's count")
+    ap.add_argument("--burst", type=int, default=40)
     args = ap.parse_args(argv)
     t0 = time.perf_counter()
     fleet = load_fleet(default_fleet_path())
@@ -342,6 +430,17 @@ def main(argv: list[str] | None = None) -> int:
     results = [simulate(whole_fleet(fleet), "whole", jobs, store),
                simulate(fleet, "mig", jobs, store), simulate(fleet, "mig+dra", jobs, store)]
     text = table(results)
+    if args.sandbox:
+        burst = jobs[:args.burst]
+        line = ["| jobs running at once after a burst of "
+                f"{len(burst)} (none finishing): simulator / kube-scheduler"]
+        for scenario, fl in (("whole", whole_fleet(fleet)), ("mig", fleet),
+                             ("mig+dra", fleet)):
+            todo = planned(fl, scenario, burst, store)
+            line.append(f"{burst_simulated(fl, scenario, todo)} / "
+                        f"{burst_on_sandbox(fl, scenario, todo)}")
+            print(line[-1], flush=True)
+        text += "\n" + " | ".join(line) + " | | |"
     print(text)
     if args.write:
         write_results(text, args, time.perf_counter() - t0)
