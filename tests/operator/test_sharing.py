@@ -114,8 +114,11 @@ def test_single_rank_job_gets_the_smallest_slice_that_fits(store: ProfileStore) 
     assert d.plan.predicted_device_bytes <= classes[first_fit].gpu.budget_bytes
 
 
-def test_multi_rank_job_never_gets_a_slice_and_says_why(store: ProfileStore) -> None:
-    d = decide(store, spec(gpus={"nodes": 1, "perNode": 2}))
+@pytest.mark.parametrize("gpus", [{"nodes": 1, "perNode": 2}, {"nodes": 2, "perNode": 1}])
+def test_multi_rank_job_never_gets_a_slice_and_says_why(store: ProfileStore,
+                                                        gpus: dict[str, int]) -> None:
+    nodes = [*NODES, FleetNode("a100-1", WHOLE_A100, 8), FleetNode("t4-1", T4, 4)]
+    d = decide(store, spec(gpus=gpus), nodes=nodes)
     assert d.plan is not None and d.plan.backend == "device-plugin"
     assert "cannot run on MIG" in d.plan.reason and "NCCL" in d.plan.reason
     pinned = decide(store, spec(gpus={"nodes": 1, "perNode": 2}, gpuClass="a100-80gb-mig-3g.40gb"))

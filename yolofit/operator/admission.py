@@ -122,13 +122,11 @@ def decide(name: str, namespace: str, spec: YOLOTrainingJobSpec, policy: GPUCapa
         return Decision(errors=tuple(errors))
     margins = margins or {}
     model = model_id(spec.model)
-    names = [spec.gpu_class] if spec.gpu_class else [
-        n for n in pol.allowed_classes(policy, namespace, classes)
-        if _placeable(classes[n], spec) is None]
-    note = ""
-    if not spec.gpu_class:
-        names, note = mig.order(names, classes, spec.gpus.nodes * spec.gpus.per_node,
-                                policy.mig_preference)
+    names, note = [spec.gpu_class or ""], ""
+    if not spec.gpu_class:  # MIG rule first, so a multi-rank job hears why slices are out
+        names, note = mig.order(pol.allowed_classes(policy, namespace, classes), classes,
+                                spec.gpus.nodes * spec.gpus.per_node, policy.mig_preference)
+        names = [n for n in names if _placeable(classes[n], spec) is None]
     if not names:
         return Decision(errors=(f"spec.gpus: no allowed class has {spec.gpus.nodes} nodes with "
                                 f"{spec.gpus.per_node} GPUs each" + (f"; {note}" if note
