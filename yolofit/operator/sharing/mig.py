@@ -145,7 +145,7 @@ def policy_class(name: str, profile: str, members: list[FleetNode], headroom: fl
     groups = [(key, m) for key, m in _members(members).items() if key[1] == profile]
     if not groups:
         return None
-    (product, _), found = groups[0]
+    product = groups[0][0][0]
     return _info(product, profile, [m for _, g in groups for m in g], headroom, name, selector,
                  tolerations)
 
