@@ -22,8 +22,16 @@ from opfixtures import make_profiles  # noqa: E402
 @pytest.fixture(scope="session")
 def crds(kubectl: Callable[..., Any]) -> None:
     kubectl("apply", "-f", str(REPO / "deploy" / "crds"))
-    kubectl("wait", "--for=condition=Established", "--timeout=60s",
-            "crd/yolotrainingjobs.yolofit.io", "crd/gpucapacitypolicies.yolofit.io")
+    # `kubectl wait` fails at once (".status.conditions accessor error") when it reads a CRD
+    # before the apiextensions controller wrote any condition: retry until it can wait.
+    deadline = time.monotonic() + 60
+    while True:
+        result = kubectl("wait", "--for=condition=Established", "--timeout=60s",
+                         "crd/yolotrainingjobs.yolofit.io", "crd/gpucapacitypolicies.yolofit.io",
+                         check=time.monotonic() > deadline)
+        if result.returncode == 0:
+            return
+        time.sleep(0.5)
 
 
 @pytest.fixture(scope="session")

@@ -52,7 +52,8 @@ def test_job_crd_has_printer_columns_short_name_and_descriptions() -> None:
     crd = crds.crds()["yolotrainingjobs.yaml"]
     version = crd["spec"]["versions"][0]
     cols = [c["name"] for c in version["additionalPrinterColumns"]]
-    assert cols == ["CLASS", "GPUS", "BATCH/GPU", "ACCUM", "AMP", "EST", "PEAK", "PHASE", "AGE"]
+    assert cols == ["CLASS", "SLICE", "GPUS", "BATCH/GPU", "ACCUM", "AMP", "EST", "PEAK",
+                    "PHASE", "AGE"]
     assert crd["spec"]["names"]["shortNames"] == ["ytj"]
     spec = version["schema"]["openAPIV3Schema"]["properties"]["spec"]
     assert spec["required"] == ["model", "data"]

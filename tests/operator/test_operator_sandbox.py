@@ -123,10 +123,13 @@ def test_impossible_job_is_refused_with_the_numbers(operator: Any, kubectl: Any,
     err = result.stderr
     assert "denied the request" in err and "yolov8x" in err and "GiB" in err
     assert f"largest class allowed in namespace {namespace} (t4)" in err
-    assert "it would fit on a100-80gb" in err
+    # The smallest class of the fleet that holds it is a MIG slice (a single-rank job).
+    assert "it would fit on h100-80gb-mig-3g.40gb" in err
     fleet = kubectl("get", "gpucapacitypolicy", "default", "-o",
                     "jsonpath={.status.fleet[*].name}").stdout.split()
-    assert fleet == ["t4", "a100-80gb", "h100-80gb", "h200"]  # discovered, smallest first
+    assert fleet == ["a100-80gb-mig-1g.10gb", "h100-80gb-mig-1g.10gb", "t4",
+                     "h100-80gb-mig-2g.20gb", "h100-80gb-mig-3g.40gb", "a100-80gb", "h100-80gb",
+                     "h200"]  # discovered, smallest first
 
 
 def test_malformed_spec_is_refused_by_the_schema(operator: Any, kubectl: Any,

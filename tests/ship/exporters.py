@@ -63,8 +63,10 @@ def label_values(metric: str, position: int) -> tuple[str, ...]:
 
 
 def webhook_names() -> tuple[str, ...]:
-    """The webhooks counted (webhooks.counted("mutate"), ...)."""
-    return tuple(sorted({v for c in _calls("counted") if (v := _literal(c, 0))}))
+    """The webhooks the admission server serves and counts (its `webhook` label)."""
+    from yolofit.operator.webhooks import HANDLERS
+
+    return tuple(sorted(HANDLERS))
 
 
 ADMISSION_RESULTS = label_values("ADMISSIONS", 0)
@@ -81,6 +83,8 @@ def operator_tick(n: int) -> None:
     for i, phase in enumerate(PHASES):
         op.JOBS.labels(phase, NAMESPACE).set(i + 1)
     op.ADMITTED_GPUS.labels(GPU_CLASS, NAMESPACE).set(8)
+    op.JOB_MEMORY.labels(NAMESPACE, JOB, GPU_CLASS, "device-plugin", "requested").set(15 * GiB)
+    op.JOB_MEMORY.labels(NAMESPACE, JOB, GPU_CLASS, "device-plugin", "predicted").set(12 * GiB)
     op.PLAN_SECONDS.observe(0.002 + 0.001 * (n % 3))
     op.PREDICTED_UTILISATION.labels(GPU_CLASS).observe(0.82 + 0.01 * (n % 5))
     op.ESTIMATE_ERROR.labels(GPU_CLASS).observe(0.15 - 0.02 * (n % 4))

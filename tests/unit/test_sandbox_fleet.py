@@ -35,8 +35,8 @@ def test_default_fleet_has_the_advertised_nodes() -> None:
         )
     assert by_product == {
         "Tesla-T4": [4] * 4,
-        "NVIDIA-A100-SXM4-80GB": [8] * 2,
-        "NVIDIA-H100-80GB-HBM3": [8] * 2,
+        "NVIDIA-A100-SXM4-80GB": [8, 8, 0],  # a100-mig-0: every GPU cut into slices
+        "NVIDIA-H100-80GB-HBM3": [8, 8, 0],
         "NVIDIA-H200": [8],
     }
     memory = {
@@ -135,3 +135,53 @@ def test_file_errors_are_one_line(tmp_path: Path) -> None:
     bad.write_text("nodeGroups: [\n")
     with pytest.raises(SandboxError, match="is not valid YAML"):
         load_fleet(bad)
+
+
+def test_mig_groups_publish_what_gfd_and_the_device_plugin_do() -> None:
+    from yolofit.sandbox.fleet import NodeGroup, group_nodes
+
+    mixed = NodeGroup.model_validate({**T4, "name": "m", "count": 1, "gpus": 8,
+                                      "gpu_product": "NVIDIA-A100-SXM4-80GB",
+                                      "gpu_memory_mib": 81920, "gpu_family": "ampere",
+                                      "mig": {"strategy": "mixed", "slices": [
+                                          {"profile": "1g.10gb", "per_gpu": 7,
+                                           "memory_mib": 9728}]}})
+    [node] = group_nodes(mixed)
+    labels, alloc = node["metadata"]["labels"], node["status"]["allocatable"]
+    assert labels["nvidia.com/mig.strategy"] == "mixed"
+    assert labels["nvidia.com/mig.config"] == "all-1g.10gb"
+    assert labels["nvidia.com/mig-1g.10gb.count"] == "56"
+    assert labels["nvidia.com/mig-1g.10gb.memory"] == "9728"
+    assert alloc["nvidia.com/mig-1g.10gb"] == "56" and alloc["nvidia.com/gpu"] == "0"
+    single = mixed.model_copy(update={"mig": mixed.mig.model_copy(  # type: ignore[union-attr]
+        update={"strategy": "single"})})
+    [node] = group_nodes(single)
+    labels, alloc = node["metadata"]["labels"], node["status"]["allocatable"]
+    assert labels["nvidia.com/gpu.product"] == "NVIDIA-A100-SXM4-80GB-MIG-1g.10gb"
+    assert labels["nvidia.com/gpu.memory"] == "9728" and alloc["nvidia.com/gpu"] == "56"
+
+
+def test_single_strategy_needs_one_profile() -> None:
+    bad = {"nodeGroups": [{**T4, "mig": {"strategy": "single", "slices": [
+        {"profile": "1g.10gb", "per_gpu": 3, "memory_mib": 9728},
+        {"profile": "2g.20gb", "per_gpu": 2, "memory_mib": 19968}]}}]}
+    with pytest.raises(SandboxError, match="exactly one slice profile"):
+        parse_fleet(bad)
+
+
+def test_dra_slices_carry_memory_capacity_per_device() -> None:
+    from yolofit.sandbox import dra
+
+    fleet = load_fleet(default_fleet_path())
+    slices = {s["spec"]["nodeName"]: s for s in dra.resource_slices(fleet)}
+    assert "h200-0" not in slices  # dra: false
+    t4 = slices["t4-0"]["spec"]
+    assert t4["driver"] == "gpu.nvidia.com" and t4["pool"]["name"] == "t4-0"
+    assert [d["capacity"]["memory"]["value"] for d in t4["devices"]] == ["15360Mi"] * 4
+    assert t4["devices"][0]["attributes"]["type"] == {"string": "gpu"}
+    mig = slices["h100-mig-0"]["spec"]["devices"]
+    assert len(mig) == 8 * 4 and {d["attributes"]["type"]["string"] for d in mig} == {"mig"}
+    assert {d["capacity"]["memory"]["value"] for d in mig} == {"9984Mi", "20096Mi", "40448Mi"}
+    assert len({d["name"] for d in mig}) == len(mig)
+    assert [c["metadata"]["name"] for c in dra.device_classes()] == ["gpu.nvidia.com",
+                                                                      "mig.nvidia.com"]

@@ -19,6 +19,8 @@ from yolofit.operator.api import GPUCapacityPolicySpec, Plan, YOLOTrainingJobSpe
 from yolofit.operator.feedback import margin_key
 from yolofit.operator.fleet import ClassInfo
 from yolofit.operator.launch import MAX_JOB_NAME
+from yolofit.operator.sharing import apply as sharing
+from yolofit.operator.sharing import mig
 from yolofit.units import format_bytes
 
 
@@ -94,6 +96,8 @@ def static_errors(name: str, namespace: str, spec: YOLOTrainingJobSpec,
                           f"{namespace} (allowed: {', '.join(allowed) or 'none'})")
         elif _placeable(classes[spec.gpu_class], spec) is not None:
             errors.append(f"spec.gpus: {_placeable(classes[spec.gpu_class], spec)}")
+        elif classes[spec.gpu_class].sharing.is_mig and gpus > 1:
+            errors.append(mig.multi_rank_error(spec.gpu_class, gpus))
     elif not allowed:
         errors.append(f"spec.gpuClass: namespace {namespace} may use no GPU class of the fleet")
     return errors
@@ -119,19 +123,24 @@ def decide(name: str, namespace: str, spec: YOLOTrainingJobSpec, policy: GPUCapa
         return Decision(errors=tuple(errors))
     margins = margins or {}
     model = model_id(spec.model)
-    names = [spec.gpu_class] if spec.gpu_class else [
-        n for n in pol.allowed_classes(policy, namespace, classes)
-        if _placeable(classes[n], spec) is None]
+    names, note = [spec.gpu_class or ""], ""
+    if not spec.gpu_class:  # MIG rule first, so a multi-rank job hears why slices are out
+        names, note = mig.order(pol.allowed_classes(policy, namespace, classes), classes,
+                                spec.gpus.nodes * spec.gpus.per_node, policy.mig_preference)
+        names = [n for n in names if _placeable(classes[n], spec) is None]
     if not names:
         return Decision(errors=(f"spec.gpus: no allowed class has {spec.gpus.nodes} nodes with "
-                                f"{spec.gpus.per_node} GPUs each",))
+                                f"{spec.gpus.per_node} GPUs each" + (f"; {note}" if note
+                                                                     else ""),))
 
     def gpu_of(n: str) -> planner.GpuClass:
         return pol.with_margin(classes[n].gpu, margins.get(margin_key(model, n), 0.0))
 
     try:
         req = plan_request(spec, policy, batch_per_gpu)
-        others = [gpu_of(n) for n in classes if n not in names]
+        world = spec.gpus.nodes * spec.gpus.per_node
+        others = [gpu_of(n) for n in classes if n not in names
+                  and not (world > 1 and classes[n].sharing.is_mig)]
         result = planner.plan(req, [gpu_of(n) for n in names], store, all_classes=others)
     except ProfileMissing as exc:
         return Decision(missing=exc.key)
@@ -145,9 +154,13 @@ def decide(name: str, namespace: str, spec: YOLOTrainingJobSpec, policy: GPUCapa
     if not result.fits:
         reason = result.reason.replace("the largest class allowed (",
                                        f"the largest class allowed in namespace {namespace} (")
-        return Decision(errors=(f"spec: does not fit: {reason}",))
+        return Decision(errors=(f"spec: does not fit: {reason}" + (f"; {note}" if note
+                                                                    else ""),))
     margin = margins.get(margin_key(model, result.gpu_class), 0.0)
-    return Decision(plan=to_api_plan(result, spec, margin))
+    plan = to_api_plan(result, spec, margin)
+    if note:
+        plan = plan.model_copy(update={"reason": f"{plan.reason}; {note}".lstrip("; ")})
+    return Decision(plan=sharing.describe(plan, classes[result.gpu_class]))
 
 
 def plan_errors(plan: Plan, spec: YOLOTrainingJobSpec, policy: GPUCapacityPolicySpec,

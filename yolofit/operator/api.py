@@ -83,6 +83,16 @@ class Plan(Model):
                                       "per component (weights, gradients, activations, ...).")
     reason: str = Field("", description="Why this plan was chosen, in words.")
     profile: str = Field("", description="Id of the memory profile the plan came from.")
+    backend: Literal["device-plugin", "mig", "dra", "hami", "kai"] = Field(
+        "device-plugin", description="How the GPUs are requested: device-plugin (whole "
+        "GPUs), mig (a MIG slice), dra (a ResourceClaim with a memory selector), hami "
+        "(nvidia.com/gpumem) or kai (KAI's gpu-memory annotation).")
+    slice: str = Field("", description="What each pod gets, e.g. a100-80gb/1g.10gb, "
+                       "gpu.nvidia.com >= 9216Mi, t4/hami 6144Mi.")
+    requested_bytes: int = Field(0, ge=0, description="Memory per GPU asked of the backend: "
+                                 "the card or MIG slice, or the prediction plus headroom "
+                                 "for dra, hami and kai.")
+    requested: str = Field("", description="requestedBytes, human readable.")
 
 
 class YOLOTrainingJobSpec(Model):
@@ -203,6 +213,20 @@ class YOLOTrainingJob(Model):
 
 # --- GPUCapacityPolicy ------------------------------------------------------------------------
 
+class BackendSpec(Model):
+    kind: Literal["device-plugin", "dra", "hami", "kai"] = Field(
+        "device-plugin", description="device-plugin: whole GPUs (nvidia.com/gpu); dra: a "
+        "ResourceClaim per pod asking for a device with the memory the plan needs; hami: "
+        "nvidia.com/gpumem sized from the plan; kai: KAI Scheduler's gpu-memory annotation.")
+    device_class_name: str = Field("gpu.nvidia.com", min_length=1, description="dra: the "
+                                   "DeviceClass of the claim (the NVIDIA DRA driver "
+                                   "publishes gpu.nvidia.com and mig.nvidia.com).")
+    scheduler_name: str = Field("kai-scheduler", min_length=1, description="kai: the pods' "
+                                "schedulerName.")
+    queue: str = Field("default-queue", min_length=1, description="kai: the KAI queue "
+                       "(label kai.scheduler/queue on the pods).")
+
+
 class GpuClassSpec(Model):
     name: str = Field(min_length=1, max_length=63, pattern=r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$",
                       description="Class name used in plans and gpuClass, e.g. a100-80gb.")
@@ -220,6 +244,12 @@ class GpuClassSpec(Model):
                                               "pods.")
     bf16: bool | None = Field(None, description="Whether the class supports bf16; default "
                               "from the GPU's compute capability (>= 8.0).")
+    mig_profile: str | None = Field(None, pattern=r"^[0-9]+[cg][.0-9a-z+]*$",
+                                    description="A MIG slice (e.g. 1g.10gb) of the nodes the "
+                                    "nodeSelector picks; memory from GFD's "
+                                    "nvidia.com/mig-<profile>.memory label.")
+    backend: BackendSpec = Field(default_factory=BackendSpec, description="How pods of this "
+                                 "class request GPUs and memory.")
 
 
 DEFAULT_VOLUME_TYPES = ("persistentVolumeClaim", "configMap", "emptyDir", "csi")
@@ -272,6 +302,11 @@ class GPUCapacityPolicySpec(Model):
     levers: Levers = Field(default_factory=Levers, description="What the planner may change.")
     pods: PodRules = Field(default_factory=PodRules, description="Images and volume types "
                            "jobs may use, unless a namespace rule sets its own.")
+    mig_preference: Literal["smallest-first", "after-whole-gpus", "off"] = Field(
+        "smallest-first", description="Where MIG slices go in a single-rank job's class order: "
+        "smallest-first tries the smallest slice that fits before whole GPUs, "
+        "after-whole-gpus only when no whole GPU fits, off never. Multi-rank jobs never get "
+        "a slice.")
     default_objects_per_image: int = Field(100, ge=1, description="Objects per image assumed "
                                            "when a job gives no maxObjectsPerImage.")
     default_headroom_percent: float = Field(10.0, ge=0, le=90, description="Headroom for "

@@ -116,6 +116,8 @@ def _column(name: str, path: str, type_: str = "string", description: str = "",
 
 JOB_COLUMNS = [
     _column("CLASS", ".spec.plan.gpuClass", description="GPU class of the plan"),
+    _column("SLICE", ".spec.plan.slice", description="What each pod gets: a MIG slice, a "
+            "DRA claim, a HAMi or KAI share"),
     _column("GPUS", ".spec.plan.gpus", "integer", "Total GPUs"),
     _column("BATCH/GPU", ".spec.plan.batchPerGpu", "integer", "Batch per GPU"),
     _column("ACCUM", ".spec.plan.accumulate", "integer", "Gradient accumulation"),

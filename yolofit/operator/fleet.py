@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from yolofit.estimator.gpu import GpuClass, from_gfd_labels
+from yolofit.operator.sharing.base import Sharing
 
 log = logging.getLogger("yolofit.operator")
 PRODUCT = "nvidia.com/gpu.product"
@@ -42,6 +43,7 @@ class ClassInfo:
     gpus_per_node: int = 0  # the most GPUs one node of the class has
     total_gpus: int = 0
     product: str = ""
+    sharing: Sharing = field(default_factory=Sharing)  # backend, MIG profile (sharing/)
 
     @property
     def name(self) -> str:

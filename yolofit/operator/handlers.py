@@ -25,6 +25,7 @@ from yolofit.operator.launch import JOB_LABEL
 from yolofit.operator.profiling import Profiler
 from yolofit.operator.reconcile import Reconciler
 from yolofit.operator.settings import OperatorSettings
+from yolofit.operator.sharing.report import memory_samples
 from yolofit.operator.state import Key, World
 
 log = logging.getLogger("yolofit.operator")
@@ -262,6 +263,9 @@ class Operator:
         metrics.ADMITTED_GPUS.clear()
         for (cls, ns), n in gpus.items():
             metrics.ADMITTED_GPUS.labels(cls, ns).set(n)
+        metrics.JOB_MEMORY.clear()
+        for labels, value in memory_samples(self.world.jobs.items()):
+            metrics.JOB_MEMORY.labels(*labels).set(value)
 
     async def _profiled(self, key: ProfileKey) -> None:
         await self._retry_waiting()

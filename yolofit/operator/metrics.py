@@ -33,3 +33,8 @@ REPLANS = Counter("yolofit_replans_total", "OOM re-plans.", ["gpu_class", "names
 WEBHOOK_REQUESTS = Counter("yolofit_webhook_requests_total", "Admission webhook requests by "
                            "webhook (mutate, validate) and result (allowed, denied, error).",
                            ["webhook", "result"], registry=REGISTRY)
+JOB_MEMORY = Gauge("yolofit_job_memory_bytes", "Per GPU of an admitted, unfinished job: "
+                   "memory requested of its backend (kind=requested: card, MIG slice, DRA "
+                   "claim minimum, HAMi gpumem, KAI gpu-memory) and predicted by the plan "
+                   "(kind=predicted).", ["namespace", "job", "gpu_class", "backend", "kind"],
+                   registry=REGISTRY)

@@ -18,6 +18,8 @@ from dataclasses import replace
 from yolofit.estimator.gpu import GpuClass, from_gfd_labels, from_memory, get_gpu_class
 from yolofit.operator.api import GPUCapacityPolicySpec, GpuClassSpec, NamespaceRule
 from yolofit.operator.fleet import GPU_TOLERATION, ClassInfo, FleetNode, discover
+from yolofit.operator.sharing import mig
+from yolofit.operator.sharing.base import GPU_DEVICE_CLASS, Sharing, default_headroom
 from yolofit.units import parse_bytes
 
 log = logging.getLogger("yolofit.operator")
@@ -29,7 +31,8 @@ def effective_classes(policy: GPUCapacityPolicySpec,
     nodes = list(nodes)
     default_headroom = policy.default_headroom_percent / 100.0
     if not policy.classes:
-        classes = discover(nodes, default_headroom)
+        classes = {**discover(mig.whole_gpu_nodes(nodes), default_headroom),
+                   **mig.discover(nodes, default_headroom)}
     else:
         classes = {}
         for spec in policy.classes:
@@ -49,11 +52,17 @@ def effective_classes(policy: GPUCapacityPolicySpec,
 
 
 def _policy_class(spec: GpuClassSpec, nodes: list[FleetNode],
-                  default_headroom: float) -> ClassInfo | None:
+                  default_headroom_: float) -> ClassInfo | None:
     members = [n for n in nodes if all(n.labels.get(k) == v
                                        for k, v in spec.node_selector.items())]
+    kind = "mig" if spec.mig_profile else spec.backend.kind
     headroom = (spec.headroom_percent / 100.0 if spec.headroom_percent is not None
-                else default_headroom)
+                else default_headroom(kind, default_headroom_))
+    tolerations = [dict(GPU_TOLERATION)] + [dict(t) for t in spec.tolerations]
+    if spec.mig_profile:
+        return mig.policy_class(spec.name, spec.mig_profile, members, headroom,
+                                spec.node_selector, tolerations)
+    members = mig.whole_gpu_nodes(members)
     gpu = _base_gpu(spec, members, headroom)
     if gpu is None:
         return None
@@ -66,12 +75,20 @@ def _policy_class(spec: GpuClassSpec, nodes: list[FleetNode],
         gpu = replace(gpu, usable_bytes=parse_bytes(spec.usable_memory), headroom=0.0)
     if spec.bf16 is not None:
         gpu = replace(gpu, bf16=spec.bf16)
-    tolerations = [dict(GPU_TOLERATION)] + [dict(t) for t in spec.tolerations]
     return ClassInfo(gpu=gpu, node_selector=dict(spec.node_selector), tolerations=tolerations,
                      nodes=len(members), gpus_per_node=max((n.gpus for n in members), default=0),
                      total_gpus=sum(n.gpus for n in members),
                      product=members[0].labels.get("nvidia.com/gpu.product", "") if members
-                     else "")
+                     else "", sharing=_sharing(spec))
+
+
+def _sharing(spec: GpuClassSpec) -> Sharing:
+    b = spec.backend
+    if b.kind == "dra":
+        return Sharing(backend="dra", device_class=b.device_class_name or GPU_DEVICE_CLASS)
+    if b.kind == "kai":
+        return Sharing(backend="kai", scheduler_name=b.scheduler_name, queue=b.queue)
+    return Sharing(backend=b.kind)
 
 
 def _base_gpu(spec: GpuClassSpec, members: list[FleetNode], headroom: float) -> GpuClass | None:

@@ -49,6 +49,9 @@ WORKLOAD_RULES: list[dict[str, Any]] = [
     {"apiGroups": ["networking.k8s.io"], "resources": ["networkpolicies"],
      "verbs": ["get", "create"]},
     {"apiGroups": [""], "resources": ["serviceaccounts"], "verbs": ["get", "create"]},
+    # DRA-backed classes: one ResourceClaimTemplate per job attempt (sharing/dra.py).
+    {"apiGroups": ["resource.k8s.io"], "resources": ["resourceclaimtemplates"],
+     "verbs": ["get", "create"]},
     # Events on jobs (kopf posts core/v1 Events).
     {"apiGroups": ["", "events.k8s.io"], "resources": ["events"], "verbs": ["create", "patch"]},
 ]

@@ -25,6 +25,7 @@ from yolofit.operator.api import (
     YOLOTrainingJobStatus,
 )
 from yolofit.operator.kube import Kube
+from yolofit.operator.sharing import apply as sharing
 from yolofit.operator.state import Key, World
 from yolofit.operator.status import PodView, pod_view, set_condition, summarize
 
@@ -237,6 +238,9 @@ class Reconciler:
         existing = set(existing)
         if any(n not in existing for n in names):  # AlreadyExists is success
             await self.api.create(kube.service_accounts_path(ns), isolation.service_account(ns))
+        if len(existing) < len(names):  # what the backend needs first (DRA claim template)
+            for path, child in sharing.children(body, plan, info, st.attempt):
+                await self.api.create(path, child)
         for rank, pod_name in enumerate(names):
             if pod_name in existing:
                 continue
@@ -245,6 +249,7 @@ class Reconciler:
             complete = all(n in existing for n in names if n != pod_name)
             pod = launch.build_pod(body, job.spec, plan, rank, st.attempt, selector,
                                    tolerations, self.metrics_port, gated=not complete)
+            pod = sharing.apply_pod(pod, plan, info, st.attempt)
             result = await self.api.create(kube.pods_path(ns), pod)
             self.world.pods[key][pod_name] = result or pod
             existing.add(pod_name)

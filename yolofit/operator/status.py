@@ -30,6 +30,7 @@ class PodView:
     exit_code: int | None
     message: str
     deleting: bool = False
+    unschedulable: str = ""  # the scheduler's message while it cannot place the pod
 
 
 def pod_view(pod: Mapping[str, Any]) -> PodView:
@@ -43,11 +44,16 @@ def pod_view(pod: Mapping[str, Any]) -> PodView:
             exit_code = term.get("exitCode")
             message = term.get("message") or ""
     gates = [g.get("name") for g in spec.get("schedulingGates") or []]
+    unschedulable = next((c.get("message") or c.get("reason", "") for c in
+                          st.get("conditions") or [] if c.get("type") == "PodScheduled"
+                          and c.get("status") == "False"
+                          and c.get("reason") == "Unschedulable"), "")
     return PodView(name=meta.get("name", ""), rank=int(labels.get(RANK_LABEL, 0)),
                    attempt=int(labels.get(ATTEMPT_LABEL, 0)), phase=st.get("phase", "Pending"),
                    gated=GANG_GATE in gates, node=spec.get("nodeName") or "",
                    exit_code=exit_code, message=message,
-                   deleting=bool(meta.get("deletionTimestamp")))
+                   deleting=bool(meta.get("deletionTimestamp")),
+                   unschedulable=unschedulable if not spec.get("nodeName") else "")
 
 
 def set_condition(conditions: list[Condition], type_: str, status: str, reason: str,
@@ -105,4 +111,8 @@ def summarize(pods: Iterable[PodView], plan: Plan) -> PodsOutcome:
     if len(pods) == expected and len(running) == expected:
         return PodsOutcome("Running", "AllPodsRunning", f"{expected} pods running on "
                            f"{plan.gpu_class}", False, ranks)
+    stuck = [p for p in pods if p.unschedulable and p.phase == "Pending"]
+    if stuck:  # the scheduler's own words, e.g. "cannot allocate all claims"
+        return PodsOutcome("Admitted", "Unschedulable", f"{stuck[0].name} is unschedulable: "
+                           f"{stuck[0].unschedulable}", False, ranks)
     return PodsOutcome("Admitted", "WaitingForPods", waiting_message(plan), False, ranks)

@@ -39,6 +39,36 @@ def _quantity(value: str) -> str:
     return value
 
 
+class MigSlice(BaseModel):
+    """One MIG profile of a partitioned GPU."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    profile: str = Field(pattern=r"^[0-9]+[cg][.0-9a-z+]*$",
+                         description="MIG profile as nvidia-smi names it, e.g. 1g.10gb")
+    per_gpu: int = Field(ge=1, le=7, description="Slices of this profile on each GPU")
+    memory_mib: int = Field(gt=0, description="MiB of one slice as nvidia-smi mig -lgip "
+                            "reports it (GFD's nvidia.com/mig-<profile>.memory)")
+
+
+class MigLayout(BaseModel):
+    """How every GPU of a group is partitioned, and how the device plugin publishes it."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    strategy: Literal["mixed", "single"] = Field(description="Device plugin MIG strategy")
+    config: str = Field(default="", description="nvidia.com/mig.config (mig-manager); "
+                        "default all-<profile> or all-balanced")
+    slices: list[MigSlice] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _single_has_one_profile(self) -> MigLayout:
+        if self.strategy == "single" and len(self.slices) != 1:
+            raise ValueError("strategy single partitions every GPU the same way: give "
+                             "exactly one slice profile")
+        return self
+
+
 class NodeGroup(BaseModel):
     """`count` identical nodes, each with `gpus` GPUs of one product."""
 
@@ -58,6 +88,9 @@ class NodeGroup(BaseModel):
     memory: str = Field(default="256Gi", description="Allocatable memory per node")
     pods: int = Field(default=110, ge=1, description="Allocatable pods per node")
     labels: dict[str, str] = Field(default_factory=dict, description="Extra node labels")
+    mig: MigLayout | None = Field(default=None, description="Partition every GPU with MIG")
+    dra: bool = Field(default=True, description="Publish the GPUs as DRA devices "
+                      "(ResourceSlices of gpu.nvidia.com), as NVIDIA's DRA driver would")
 
     @field_validator("name")
     @classmethod
@@ -143,8 +176,17 @@ def group_nodes(group: NodeGroup) -> list[dict[str, Any]]:
         "pods": str(group.pods),
         "ephemeral-storage": "1Ti",
     }
+    gfd = {
+        "nvidia.com/gpu.product": group.gpu_product,
+        "nvidia.com/gpu.memory": str(group.gpu_memory_mib),
+        "nvidia.com/gpu.count": str(group.gpus),
+    }
     if group.gpus:
         resources[GPU_RESOURCE] = str(group.gpus)
+    if group.mig is not None and group.gpus:
+        mig_labels, mig_resources = _mig(group)
+        gfd.update(mig_labels)
+        resources.update(mig_resources)
     for i in range(group.count):
         name = f"{group.name}-{i}"
         labels = {
@@ -153,9 +195,7 @@ def group_nodes(group: NodeGroup) -> list[dict[str, Any]]:
             "kubernetes.io/arch": "amd64",
             "type": "kwok",
             "nvidia.com/gpu.present": "true",
-            "nvidia.com/gpu.product": group.gpu_product,
-            "nvidia.com/gpu.memory": str(group.gpu_memory_mib),
-            "nvidia.com/gpu.count": str(group.gpus),
+            **gfd,
             "nvidia.com/gpu.family": group.gpu_family,
             "yolofit.io/node-group": group.name,
             **group.labels,
@@ -175,6 +215,41 @@ def group_nodes(group: NodeGroup) -> list[dict[str, Any]]:
             }
         )
     return nodes
+
+
+def _mig(group: NodeGroup) -> tuple[dict[str, str], dict[str, str]]:
+    """GFD labels and device-plugin allocatable of a group whose GPUs are all partitioned.
+
+    mixed: one `nvidia.com/mig-<profile>` resource per profile, `.count`/`.memory` labels, and
+    no whole `nvidia.com/gpu` left. single: every slice is an `nvidia.com/gpu`, and the
+    product and memory labels describe the slice.
+    """
+    assert group.mig is not None
+    layout = group.mig
+    config = layout.config or (f"all-{layout.slices[0].profile}" if len(layout.slices) == 1
+                               else "all-balanced")
+    labels = {"nvidia.com/mig.capable": "true", "nvidia.com/mig.strategy": layout.strategy,
+              "nvidia.com/mig.config": config}
+    if layout.strategy == "single":
+        sl = layout.slices[0]
+        count = str(sl.per_gpu * group.gpus)
+        labels |= {"nvidia.com/gpu.product": f"{group.gpu_product}-MIG-{sl.profile}",
+                   "nvidia.com/gpu.memory": str(sl.memory_mib), "nvidia.com/gpu.count": count}
+        return labels, {GPU_RESOURCE: count}
+    resources = {GPU_RESOURCE: "0"}
+    for sl in layout.slices:
+        count = str(sl.per_gpu * group.gpus)
+        labels |= {f"nvidia.com/mig-{sl.profile}.count": count,
+                   f"nvidia.com/mig-{sl.profile}.memory": str(sl.memory_mib),
+                   f"nvidia.com/mig-{sl.profile}.slices.gi": _gi(sl.profile)}
+        resources[f"nvidia.com/mig-{sl.profile}"] = count
+    return labels, resources
+
+
+def _gi(profile: str) -> str:
+    """GPU-instance slices of a profile: 3 for 3g.40gb and 1c.3g.20gb."""
+    m = re.match(r"^(?:[0-9]+c\.)?([0-9]+)g", profile)
+    return m.group(1) if m else "1"
 
 
 def fleet_nodes(fleet: Fleet) -> list[dict[str, Any]]:

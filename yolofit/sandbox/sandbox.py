@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from yolofit.sandbox import build, components, processes
+from yolofit.sandbox import build, components, dra, processes
 from yolofit.sandbox.components import ORDER, Ports
 from yolofit.sandbox.credentials import Pki, write_pki
 from yolofit.sandbox.errors import SandboxError
@@ -220,6 +220,7 @@ class Sandbox:
         try:
             t0 = time.monotonic()
             create_nodes(client, nodes)
+            dra.publish(client, dra.device_classes() + dra.resource_slices(fleet))
             self.nodes = len(nodes)
             self._save()
             say(

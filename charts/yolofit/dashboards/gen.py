@@ -40,6 +40,8 @@ def sel(metric: str, selector: str = JOB_SEL) -> str:
 
 MEASURED_OVER_ESTIMATE = (f"{sel('yolofit_trainer_device_total_bytes')}"
                           f" / {sel('yolofit_trainer_estimated_peak_bytes')}")
+REQUESTED = f'kind="requested", {JOB_SEL}'
+PREDICTED = f'kind="predicted", {JOB_SEL}'
 QUEUED = sel("yolofit_jobs", f'phase="Queued", {NS_SEL}')
 
 
@@ -118,6 +120,23 @@ def rows() -> list[tuple[str, list[dict[str, Any]]]]:
               quantiles("yolofit_estimate_error_ratio", "gpu_class", CLASS_SEL, SPARSE,
                         (0.1, 0.5, 0.9))),
     ]
+    per_backend = [
+        panel("timeseries", "Memory per GPU by backend: requested vs predicted vs measured",
+              "Summed over admitted jobs, per backend (device-plugin, mig, dra, hami, kai): what "
+              "the pods asked their backend for, what the plans predicted, and the trainers' "
+              "measured device-total peak. Requested far above predicted is memory no job "
+              "will use.", "bytes", [
+                  (f"sum by (backend) ({sel('yolofit_job_memory_bytes', REQUESTED)})",
+                   "{{backend}} requested"),
+                  (f"sum by (backend) ({sel('yolofit_job_memory_bytes', PREDICTED)})",
+                   "{{backend}} predicted"),
+                  (f"sum by (backend) (max by (namespace, job) "
+                   f"({sel('yolofit_trainer_device_total_bytes')}) * on (namespace, job) "
+                   f"group_left (backend) (0 * max by (namespace, job, backend) "
+                   f"({sel('yolofit_job_memory_bytes', REQUESTED)}) + 1))",
+                   "{{backend}} measured"),
+              ]),
+    ]
     admission = [
         panel("timeseries", "Admissions by result", "Admission decisions per second.", "ops", [
             (f"sum by (result) (rate({sel('yolofit_admissions_total')}[{RATE}]))",
@@ -180,6 +199,7 @@ def rows() -> list[tuple[str, list[dict[str, Any]]]]:
     return [
         ("Fit: VRAM estimate vs measured", fit),
         ("Memory utilisation per class", utilisation),
+        ("Right-sized GPUs: memory per backend", per_backend),
         ("Admission and queue", admission),
         ("OOMs and re-plans", oom),
         ("Training: step time and images/s", throughput),
