@@ -143,6 +143,9 @@ def test_hami_and_kai_pod_specs_pass_server_side_dry_run(kubectl: Any, namespace
         pod = launch.build_pod(job, spec, d_.plan, 0, 0, info.node_selector, info.tolerations)
         pod = sharing.apply_pod(pod, d_.plan, info, 0)
         pod["metadata"].pop("ownerReferences")
+    from yolofit.operator import isolation  # the operator creates it before any pod
+
+    kubectl("apply", "-f", "-", input=json.dumps(isolation.service_account(namespace)))
     out = json.loads(kubectl("create", "--dry-run=server", "-o", "json", "-f", "-",
                              input=json.dumps(pod)).stdout)
     mib = str(d_.plan.requested_bytes // MiB)
