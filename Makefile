@@ -37,7 +37,7 @@ system-deps:
 
 # Go-built binaries: kube-apiserver, kube-scheduler, kube-controller-manager, etcd, kwok, helm.
 binaries: venv
-	$(BIN)/yolofit sandbox build
+	$(BIN)/yolofit sandbox build --with-kueue
 	bash scripts/build-helm.sh
 
 lint: venv

@@ -17,6 +17,7 @@ _COMMAND_MODULES = (
     "yolofit.sandbox.cli",
     "yolofit.estimator.cli",
     "yolofit.operator.cli",
+    "yolofit.operator.kueue_cli",
     "yolofit.trainer.cli",
 )
 

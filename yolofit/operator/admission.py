@@ -80,7 +80,9 @@ def static_errors(name: str, namespace: str, spec: YOLOTrainingJobSpec,
         errors.append(f"spec.gpus: {spec.gpus.nodes} x {spec.gpus.per_node} = {gpus} GPUs "
                       f"exceeds the {rule.max_gpus_per_job} GPUs per job allowed in namespace "
                       f"{namespace}")
-    if rule is not None and rule.max_gpus_admitted is not None and gpus > rule.max_gpus_admitted:
+    # A namespace whose jobs Kueue admits (kueueQueue) has Kueue's quota, not this one.
+    if (rule is not None and rule.max_gpus_admitted is not None and not rule.kueue_queue
+            and gpus > rule.max_gpus_admitted):
         errors.append(f"spec.gpus: {gpus} GPUs can never be admitted in namespace {namespace} "
                       f"(at most {rule.max_gpus_admitted} GPUs at once)")
     allowed = pol.allowed_classes(policy, namespace, classes)

@@ -185,6 +185,23 @@ class Replan(Model):
     time: str = Field(description="When (RFC 3339).")
 
 
+class KueueStatus(Model):
+    """Where the job stands in Kueue, when Kueue admits it (see `kubectl get workload`)."""
+
+    queue_name: str = Field("", description="Kueue LocalQueue the job's pods are queued in.")
+    workload: str = Field("", description="Name of the Kueue Workload of the job's pod group "
+                          "(same namespace): `kubectl get workload -n <ns> <name>`.")
+    workload_uid: str = Field("", description="UID of that Workload when last seen.")
+    cluster_queue: str = Field("", description="ClusterQueue that reserved quota.")
+    flavor: str = Field("", description="ResourceFlavor(s) Kueue assigned.")
+    quota_reserved: bool = Field(False, description="Kueue reserved quota for the job.")
+    admitted: bool = Field(False, description="Kueue admitted the job (the go signal).")
+    evictions: int = Field(0, ge=0, description="Evictions counted on the Workload when last "
+                           "seen (each one answered by a new attempt).")
+    restarts: int = Field(0, ge=0, description="Gang restarts after Kueue evictions.")
+    last_eviction: str = Field("", description="Reason and message of the last eviction.")
+
+
 class YOLOTrainingJobStatus(Model):
     phase: Phase = Field("Pending", description="Pending, Profiling, Queued, Admitted, "
                          "Running, Succeeded or Failed.")
@@ -199,6 +216,9 @@ class YOLOTrainingJobStatus(Model):
     workers: list[str] = Field(default_factory=list, description="Pod names of the current "
                                "attempt.")
     observed_generation: int = Field(0, description="metadata.generation last reconciled.")
+    kueue: KueueStatus | None = Field(None, description="Kueue's view of the job, when Kueue "
+                                      "admits it (policy kueueQueue or the job label "
+                                      "kueue.x-k8s.io/queue-name).")
     start_time: str | None = Field(None, description="When pods were launched.")
     completion_time: str | None = Field(None, description="When the job finished.")
 
@@ -277,6 +297,11 @@ class NamespaceRule(Model):
     max_gpus_per_job: int | None = Field(None, ge=1, description="Largest job in GPUs.")
     max_gpus_admitted: int | None = Field(None, ge=0, description="GPUs admitted at once; "
                                           "more waits Queued.")
+    kueue_queue: str | None = Field(None, min_length=1, max_length=63, description="Kueue "
+                                    "LocalQueue for this namespace's jobs: Kueue admits them "
+                                    "(each job a plain pod group) and maxGpusAdmitted is not "
+                                    "applied; the job label kueue.x-k8s.io/queue-name does the "
+                                    "same for one job.")
 
 
 class Levers(Model):

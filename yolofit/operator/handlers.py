@@ -16,7 +16,15 @@ from typing import Any, cast
 import kopf
 
 from yolofit.estimator.profile import ProfileKey, ProfileStore
-from yolofit.operator import admission_server, feedback, kube, metrics, webhook_config, webhooks
+from yolofit.operator import (
+    admission_server,
+    feedback,
+    kube,
+    kueue,
+    metrics,
+    webhook_config,
+    webhooks,
+)
 from yolofit.operator import policy as pol
 from yolofit.operator.api import GROUP, TERMINAL_PHASES, VERSION, GPUCapacityPolicySpec
 from yolofit.operator.certs import ensure_certs, service_names
@@ -61,6 +69,8 @@ class Operator:
         kopf.on.event("v1", "pods", labels={JOB_LABEL: kopf.PRESENT},
                       registry=r)(cast(Any, self._on_pod))
         kopf.on.event(*POLICIES, registry=r)(cast(Any, self._on_policy))
+        # Kueue's Workloads, where Kueue is installed (kopf waits for the CRD otherwise).
+        kopf.on.event(*kueue.WORKLOADS, registry=r)(cast(Any, self._on_workload))
 
     async def _startup(self, settings: kopf.OperatorSettings, **_: Any) -> None:
         s = self.settings
@@ -186,6 +196,7 @@ class Operator:
                                           "items": []}
             for svc in svcs["items"]:
                 w.services.add((svc["metadata"]["namespace"], svc["metadata"]["name"]))
+            await self._prime_workloads(ns)
         await self._refresh_fleet()
 
     async def _every(self, seconds: float, fn: Any) -> None:
@@ -330,6 +341,21 @@ class Operator:
                 return
             key = stored
         if key in self.world.jobs:
+            await self._reconcile(key)
+
+    async def _prime_workloads(self, ns: str) -> None:
+        """Kueue's Workloads (none when Kueue is not installed: 404)."""
+        assert self.api is not None and self.reconciler is not None
+        path = (kueue.workload_path(ns) if ns else
+                f"/apis/{kueue.GROUP}/{kueue.VERSION}/workloads")
+        for item in (await self.api.get(path) or {}).get("items", []):
+            self.reconciler.kueue.on_workload({"type": None, "object": item}, self.world.jobs)
+
+    async def _on_workload(self, event: dict[str, Any], **_: Any) -> None:
+        if self.reconciler is None:
+            return
+        key = self.reconciler.kueue.on_workload(event, self.world.jobs)
+        if key is not None and self._served(key[0]):
             await self._reconcile(key)
 
     async def _on_policy(self, event: dict[str, Any], name: str, **_: Any) -> None:

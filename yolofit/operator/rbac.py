@@ -54,6 +54,9 @@ WORKLOAD_RULES: list[dict[str, Any]] = [
      "verbs": ["get", "create"]},
     # Events on jobs (kopf posts core/v1 Events).
     {"apiGroups": ["", "events.k8s.io"], "resources": ["events"], "verbs": ["create", "patch"]},
+    # Kueue (where installed): read the Workloads of Kueue-managed jobs' pod groups.
+    {"apiGroups": ["kueue.x-k8s.io"], "resources": ["workloads"],
+     "verbs": ["get", "list", "watch"]},
 ]
 
 # In the operator's own namespace only (a Role): the learned-margins ConfigMap.

@@ -25,6 +25,7 @@ from yolofit.operator.api import (
     YOLOTrainingJobStatus,
 )
 from yolofit.operator.kube import Kube
+from yolofit.operator.kueue import KueueHook, queue_name
 from yolofit.operator.sharing import apply as sharing
 from yolofit.operator.state import Key, World
 from yolofit.operator.status import PodView, pod_view, set_condition, summarize
@@ -49,6 +50,7 @@ class Reconciler:
         # The status last written in the current pass of each job (one pass per job at a
         # time: the job's lock), so the pass writes again only what changed since.
         self.written: dict[Key, YOLOTrainingJobStatus] = {}
+        self.kueue = KueueHook()  # Workloads of Kueue-managed jobs (kueue.py)
 
     async def reconcile(self, key: Key) -> None:
         async with self.world.lock(key):
@@ -71,10 +73,13 @@ class Reconciler:
         try:
             await self._steps(key, body, job, st, gen)
         finally:
+            # Kueue's admission is the go signal: the job shows its Workload's state.
+            self.kueue.settle(st, body, self.world.policy, gen, now())
             if st != self.written.pop(key, None):
                 await self._write_status(key, body, st)
             if st.phase in TERMINAL_PHASES:
                 self.world.release(uid)
+                await self.kueue.finish(self.api, key[0], st.phase, self.world.pods.get(key, {}))
 
     async def _steps(self, key: Key, body: dict[str, Any], job: YOLOTrainingJob,
                      st: YOLOTrainingJobStatus, gen: int) -> None:
@@ -88,9 +93,11 @@ class Reconciler:
             if plan is None:
                 return
         # 2. Quota: admitted at most once; a job over its namespace's GPUs waits Queued.
-        if not st.admitted and self.world.pods.get(key):
+        # Kueue-managed jobs skip yolofit's quota: Kueue admits them (kueue.py).
+        queue = queue_name(self.world.policy, key[0], body)
+        if queue is None and not st.admitted and self.world.pods.get(key):
             st.admitted = True  # pods exist only after admission: a restart lost the write
-        if not st.admitted:
+        if queue is None and not st.admitted:
             if not await self._admit(key, body, plan, st, gen):
                 return
             st.plan = plan
@@ -100,6 +107,9 @@ class Reconciler:
 
         plan = st.plan or plan
         st.plan = plan
+        if queue is not None and (why := self.kueue.evicted(st, queue, body)):
+            await self.kueue.restart(self.api, self.event, self.world.pods.get(key, {}), body,
+                                     st, why, gen, t)
         # 3. Launch the current attempt (deleting pods of an earlier one first).
         current = await self._launch(key, body, job, plan, st, gen, t)
         if current is None:
@@ -134,6 +144,8 @@ class Reconciler:
             if not v.deleting:
                 await self.api.delete(kube.pods_path(ns, v.name))
         if stale:
+            await self.kueue.release_superseded(self.api, ns, self.world.pods.get(key, {}),
+                                                st.attempt)
             st.message = f"waiting for {len(stale)} pods of attempt {st.attempt - 1} to go"
             return None
         current = [v for v in views if not v.deleting]
@@ -160,6 +172,7 @@ class Reconciler:
                                           st.message, gen, t)
             return None
         await self._ungate(key, [v for v in current if v.gated])
+        await self.kueue.lift_plan_gate(self.api, ns, self.world.pods.get(key, {}))
         return current
 
     async def _plan(self, key: Key, body: dict[str, Any], job: YOLOTrainingJob,
@@ -250,6 +263,7 @@ class Reconciler:
             pod = launch.build_pod(body, job.spec, plan, rank, st.attempt, selector,
                                    tolerations, self.metrics_port, gated=not complete)
             pod = sharing.apply_pod(pod, plan, info, st.attempt)
+            pod = self.kueue.pod(pod, self.world.policy, body, plan.nodes)
             result = await self.api.create(kube.pods_path(ns), pod)
             self.world.pods[key][pod_name] = result or pod
             existing.add(pod_name)

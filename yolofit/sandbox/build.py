@@ -102,57 +102,64 @@ def stamp_of(target: Target, go_version: str, deploy: Path) -> str:
     return h.hexdigest()
 
 
-def _stamp_path(target: Target) -> Path:
-    return bin_dir() / f".{target.name}.stamp"
+def _stamp_path(target: Target, out: Path | None = None) -> Path:
+    return (out or bin_dir()) / f".{target.name}.stamp"
 
 
-def is_current(target: Target, stamp: str) -> bool:
-    binary = bin_dir() / target.name
+def is_current(target: Target, stamp: str, out: Path | None = None) -> bool:
+    binary = (out or bin_dir()) / target.name
     try:
-        return os.access(binary, os.X_OK) and _stamp_path(target).read_text().strip() == stamp
+        return os.access(binary, os.X_OK) and _stamp_path(target, out).read_text().strip() == stamp
     except OSError:
         return False
 
 
-def binaries(targets: tuple[Target, ...] = TARGETS) -> dict[str, Path]:
+def binaries(targets: tuple[Target, ...] = TARGETS, out: Path | None = None) -> dict[str, Path]:
     """Paths of all binaries (whether or not they are built yet)."""
-    return {t.name: bin_dir() / t.name for t in targets}
+    return {t.name: (out or bin_dir()) / t.name for t in targets}
 
 
 def ensure_built(
     progress: Progress | None = None,
     targets: tuple[Target, ...] = TARGETS,
     deploy: Path | None = None,
+    out: Path | None = None,
 ) -> dict[str, Path]:
     """Build whatever is missing or stale; return name -> path of every binary.
 
     Cheap when everything is current (one `go env` call and five small hashes). A
     file lock keeps two concurrent callers from building the same binary twice.
+    `out` is the versioned bin folder (default: the control plane's, `bin_dir()`);
+    build logs go to its sibling logs/.
     """
     say = progress or (lambda _msg: None)
     deploy = deploy or deploy_dir()
+    out = out or bin_dir()
     go = find_go()
     go_version = _go_version(go)
-    bin_dir().mkdir(parents=True, exist_ok=True)
-    log_dir().mkdir(parents=True, exist_ok=True)
-    with open(bin_dir() / ".build.lock", "w") as lock:
+    out.mkdir(parents=True, exist_ok=True)
+    (out.parent / "logs").mkdir(parents=True, exist_ok=True)
+    with open(out / ".build.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
-        todo = [t for t in targets if not is_current(t, stamp_of(t, go_version, deploy))]
+        todo = [t for t in targets if not is_current(t, stamp_of(t, go_version, deploy), out)]
         if todo:
             say(
-                f"building {len(todo)} binaries into {bin_dir()} "
-                f"(first time only; kube-apiserver takes minutes on 2 cores)"
+                f"building {len(todo)} binaries into {out} "
+                f"(first time only; each takes minutes on 2 cores)"
             )
         for i, target in enumerate(todo, 1):
             _build_one(
-                go, target, deploy, stamp_of(target, go_version, deploy), f"[{i}/{len(todo)}]", say
+                go, target, deploy, stamp_of(target, go_version, deploy), f"[{i}/{len(todo)}]", say,
+                out,
             )
-    return binaries(targets)
+    return binaries(targets, out)
 
 
-def _build_one(go: str, target: Target, deploy: Path, stamp: str, step: str, say: Progress) -> None:
-    log = log_dir() / f"build-{target.name}.log"
-    out = bin_dir() / target.name
+def _build_one(go: str, target: Target, deploy: Path, stamp: str, step: str, say: Progress,
+               out_dir: Path | None = None) -> None:
+    out_dir = out_dir or bin_dir()
+    log = out_dir.parent / "logs" / f"build-{target.name}.log"
+    out = out_dir / target.name
     tmp = out.with_name(f".{target.name}.tmp")
     cmd = [go, "build", "-trimpath", "-ldflags", target.ldflags, "-o", str(tmp), target.package]
     # Measure with GNU time where present (into its own file, so the log's tail stays the
@@ -184,7 +191,7 @@ def _build_one(go: str, target: Target, deploy: Path, stamp: str, step: str, say
             log_path=log,
         )
     os.replace(tmp, out)
-    _stamp_path(target).write_text(stamp + "\n")
+    _stamp_path(target, out_dir).write_text(stamp + "\n")
     say(f"{step} built {target.name} in {elapsed:.0f}s{_peak_rss(stats)}")
 
 

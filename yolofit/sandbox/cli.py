@@ -40,6 +40,12 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         default=90.0,
         help="seconds each component may take to become healthy (default 90)",
     )
+    up.add_argument(
+        "--with-kueue",
+        action="store_true",
+        help="also run Kueue (built once from its Go module) with its webhooks, ResourceFlavors "
+        "per GPU class and a ClusterQueue + LocalQueue per team of the demo's policy",
+    )
     up.set_defaults(func=_up)
 
     for name, func, help_ in (
@@ -52,6 +58,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         p.set_defaults(func=func)
 
     b = sub.add_parser("build", help="build (or verify) the control-plane binaries in the cache")
+    b.add_argument("--with-kueue", action="store_true", help="also build Kueue's manager")
     b.set_defaults(func=_build)
 
 
@@ -109,6 +116,7 @@ def _up(args: argparse.Namespace) -> int:
             apiserver_port=args.apiserver_port,
             timeout=args.timeout,
             progress=print_progress,
+            with_kueue=args.with_kueue,
         )
     except SandboxError as exc:
         return _err(exc)
@@ -175,6 +183,10 @@ def _build(args: argparse.Namespace) -> int:
 
     try:
         bins = ensure_built(print_progress)
+        if args.with_kueue:
+            from yolofit.sandbox import kueue
+
+            bins["kueue"] = kueue.ensure_built(print_progress)
     except SandboxError as exc:
         return _err(exc)
     for name, path in bins.items():

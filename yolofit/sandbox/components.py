@@ -18,7 +18,8 @@ NODE_LEASE_SECONDS = 600
 NODE_MONITOR_GRACE_SECONDS = 900
 
 # Start order; `down` stops them in reverse.
-ORDER = ("etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kwok")
+ORDER = ("etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kwok",
+         "kueue")  # kueue: only with --with-kueue (sandbox/kueue.py)
 
 
 @dataclass(frozen=True)

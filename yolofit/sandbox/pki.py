@@ -16,10 +16,13 @@ from pathlib import Path
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 _VALIDITY = dt.timedelta(days=365)
+# EC everywhere; RSA only where a consumer insists (Kueue's cert rotator reads its CA key as
+# PKCS#1 RSA).
+PrivateKey = ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey
 _BACKDATE = dt.timedelta(minutes=5)  # tolerate small clock skew between processes
 
 
@@ -28,7 +31,7 @@ class CertKey:
     """A certificate with its private key."""
 
     cert: x509.Certificate
-    key: ec.EllipticCurvePrivateKey
+    key: PrivateKey
 
     @property
     def cert_pem(self) -> bytes:
@@ -49,7 +52,7 @@ def new_key() -> ec.EllipticCurvePrivateKey:
     return ec.generate_private_key(ec.SECP256R1())
 
 
-def private_key_pem(key: ec.EllipticCurvePrivateKey) -> bytes:
+def private_key_pem(key: PrivateKey) -> bytes:
     return key.private_bytes(
         serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
     )
@@ -66,12 +69,22 @@ def _name(common_name: str, organizations: Iterable[str] = ()) -> x509.Name:
     return x509.Name([*attrs, x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
 
 
-def make_ca(common_name: str = "yolofit-sandbox-ca", validity: dt.timedelta = _VALIDITY) -> CertKey:
-    """A self-signed CA that may sign leaf certificates (path length 0)."""
-    key = new_key()
+def make_ca(
+    common_name: str = "yolofit-sandbox-ca",
+    validity: dt.timedelta = _VALIDITY,
+    hosts: Iterable[str] = (),
+    key: PrivateKey | None = None,
+) -> CertKey:
+    """A self-signed CA that may sign leaf certificates (path length 0).
+
+    `hosts` puts DNS names into the CA's own SAN: Kueue's certificate rotator accepts a
+    CA only when it verifies for the DNS name `kueue-ca` (see sandbox/kueue.py). `key`
+    defaults to a new EC key.
+    """
+    key = key or new_key()
     now = dt.datetime.now(dt.UTC)
     name = _name(common_name)
-    cert = (
+    builder = (
         x509.CertificateBuilder()
         .subject_name(name)
         .issuer_name(name)
@@ -95,9 +108,11 @@ def make_ca(common_name: str = "yolofit-sandbox-ca", validity: dt.timedelta = _V
             critical=True,
         )
         .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
-        .sign(key, hashes.SHA256())
     )
-    return CertKey(cert, key)
+    sans = [_san(h) for h in hosts]
+    if sans:
+        builder = builder.add_extension(x509.SubjectAlternativeName(sans), critical=False)
+    return CertKey(builder.sign(key, hashes.SHA256()), key)
 
 
 def issue_cert(

@@ -117,6 +117,7 @@ class Sandbox:
         timeout: float = 90.0,
         ephemeral: bool = False,
         progress: Progress | None = None,
+        with_kueue: bool = False,
     ) -> Sandbox:
         """Build (if needed), start every component, create the fleet, wait until ready.
 
@@ -127,6 +128,8 @@ class Sandbox:
             they get SIGTERM when the calling thread exits, and `down` runs at
             interpreter exit. Call from the main thread (or a thread that outlives them).
         timeout: seconds each component may take to become healthy.
+        with_kueue: also run Kueue (built once from deploy/kueue) with its webhooks, and
+            its flavors and queues for the demo's policy (see sandbox/kueue.py).
         """
         say = progress or _quiet
         fleet_obj = fleet if isinstance(fleet, Fleet) else load_fleet(fleet or default_fleet_path())
@@ -139,6 +142,8 @@ class Sandbox:
             atexit.register(sb.down)
         try:
             sb._start(bins, stages, fleet_obj, timeout, ephemeral, say)
+            if with_kueue:
+                sb._start_kueue(fleet_obj, timeout, ephemeral, say)
         except BaseException as exc:
             sb._stop_all()
             sb._save()
@@ -235,6 +240,17 @@ class Sandbox:
             _wait_default_service_account(client, timeout, self._proc("kube-controller-manager"))
         finally:
             client.close()
+
+    def _start_kueue(self, fleet: Fleet, timeout: float, ephemeral: bool, say: Progress) -> None:
+        from yolofit.sandbox import kueue
+
+        kq = kueue.start_kueue(self.dir, self.pki, self.server, say, timeout=max(timeout, 120.0),
+                               preexec_fn=_die_with_parent if ephemeral else None)
+        self.procs.append(kq.proc)
+        self._save()
+        made = kueue.install_policy_queues(kq, deploy_dir() / "examples" / "policy.yaml",
+                                           fleet_nodes(fleet))
+        say(f"kueue: applied {', '.join(made)}")
 
     def _proc(self, name: str) -> Proc:
         return next(p for p in self.procs if p.name == name)
