@@ -34,7 +34,7 @@ from .builders import HASH, GiB, MiB, gpu, key, profile
 BRANCHES = ("largest batch (memory-bound)", "capped at nbs / world", "checkpointing plan",
             "pinned batch", "does not fit")
 AIMS = ("largest", "capped", "checkpointing", "pinned", "no_fit")
-MIN_SHARE = 0.10  # of the examples, per branch (measured: 15-25 %; 11-31 % over 8 seeds)
+MIN_SHARE = 0.10  # of the examples, per branch (measured 12-30 % over 5 seeds)
 
 
 @dataclass(frozen=True)
@@ -102,7 +102,8 @@ def scenarios(draw: st.DrawFn) -> Scenario:
     req = PlanRequest(model="yolov8s.yaml", config_hash=HASH, imgsz=640, nbs=nbs,
                       world_size=world, amp=draw(st.sampled_from(["auto", "fp16", "off"])),
                       objects=draw(st.integers(0, 300)), batch_per_gpu=pinned,
-                      allow_checkpointing=aim == "checkpointing" or draw(st.booleans()))
+                      allow_checkpointing=aim == "checkpointing" or (
+                          aim != "largest" and draw(st.booleans())))
     store = draw(stores())
     g = gpu(usable=1 * GiB, **draw(constants))
     amp = "off" if req.amp == "off" else ("bf16" if req.amp == "auto" and g.bf16 else "fp16")
