@@ -340,7 +340,8 @@ def decode_margins(data: Mapping[str, str] | None) -> dict[str, dict[str, Any]]:
     Entries that do not parse, are out of range, or use the old (model|class) key that every
     namespace shared, are skipped."""
     try:
-        raw = json.loads((data or {}).get(MARGINS_KEY, "{}"), parse_constant=_no_constant)
+        # NaN/Infinity parse as NaN: that entry is skipped below, the others are kept.
+        raw = json.loads((data or {}).get(MARGINS_KEY, "{}"), parse_constant=lambda _: math.nan)
     except (ValueError, TypeError):
         return {}
     if not isinstance(raw, dict):
