@@ -148,6 +148,10 @@ def train_tiny(k: Kubectl, kubeconfig: Path) -> None:
     status = k.json("get", "ytj", "tiny", "-n", "team-b").get("status", {})
     print(json.dumps({"plan": status.get("plan", {}).get("estimate"),
                       "measured": status.get("measured")}, indent=2))
+    results = status.get("results") or {}
+    print(f"results of job tiny: {results.get('path')} on {results.get('storage')} "
+          f"(epochs saved: {results.get('epochsDone', 0)}, checkpoint "
+          f"{results.get('checkpoint') or 'none'})")
 
 
 def _running_pods(k: Kubectl) -> list[str] | None:

@@ -25,10 +25,11 @@ def build_profile(key: ProfileKey) -> Profile:
 
 def summary(rank: int, peak: int, reason: str = "completed", message: str = "",
             kind: str = "cuda") -> str:
-    """A trainer termination summary (ARCHITECTURE.md contract) as JSON."""
-    import json
+    """A trainer termination summary, written by the trainer's own encoder (the contract)."""
+    from yolofit.trainer.summary import Summary
 
-    return json.dumps({"rank": rank, "memory_kind": kind, "peak_allocated_bytes": peak - 2**29,
-                       "peak_reserved_bytes": peak - 2**28, "device_total_bytes": peak,
-                       "steps": 10, "images_per_second": 12.5, "exit_reason": reason,
-                       "message": message})
+    return Summary(rank=rank, memory_kind=kind,  # type: ignore[arg-type]
+                   peak_allocated_bytes=max(peak - 2**29, 0),
+                   peak_reserved_bytes=max(peak - 2**28, 0), device_total_bytes=peak,
+                   steps=10, images_per_second=12.5, exit_reason=reason,  # type: ignore[arg-type]
+                   message=message).to_json()

@@ -304,10 +304,12 @@ def test_a_bad_class_a_bad_node_label_and_a_broken_margin_are_skipped() -> None:
     assert list(policy.effective_classes(spec, NODES)) == ["t4"]
     bad = {"metadata": {"name": "n", "labels": {**T4, "nvidia.com/gpu.count": "eight"}}}
     assert node_from_object(bad) is None
-    data = {feedback.MARGINS_KEY: json.dumps({"a|t4": {"margin": None}, "b|t4": None,
-                                              "c|t4": {"margin": "x"}, "d|t4": {"margin": 0.2},
-                                              "e|t4": {"margin": 1e999}})}
-    assert feedback.decode_margins(data) == {"d|t4": {"margin": 0.2, "observations": 0}}
+    data = {feedback.MARGINS_KEY: json.dumps({"n|a|t4": {"margin": None}, "n|b|t4": None,
+                                              "n|c|t4": {"margin": "x"},
+                                              "n|d|t4": {"margin": 0.2},
+                                              "n|e|t4": {"margin": 1e999}})}
+    assert feedback.decode_margins(data) == {"n|d|t4": {"margin": 0.2, "observations": 0,
+                                                        "seen": []}}
 
 
 def test_deleted_policy_fails_closed_to_the_default_rule() -> None:

@@ -154,9 +154,12 @@ def test_missing_profile_is_not_an_error(store: ProfileStore) -> None:
 def test_learned_margin_lowers_the_batch(store: ProfileStore) -> None:
     s = spec(nbs=512, gpus={"nodes": 1, "perNode": 1})
     plain = decide(store, s).plan
-    careful = decide(store, s, margins={"yolov8n|t4": 0.5}).plan
-    assert plain is not None and careful is not None
+    careful = decide(store, s, margins={"team-a|yolov8n|t4": 0.5}).plan
+    elsewhere = decide(store, s, margins={"team-b|yolov8n|t4": 0.5}).plan
+    assert plain is not None and careful is not None and elsewhere is not None
     assert careful.batch_per_gpu < plain.batch_per_gpu and careful.margin == 0.5
+    # Margins are per namespace: team-b's OOMs do not shrink team-a's plans.
+    assert elsewhere.batch_per_gpu == plain.batch_per_gpu and elsewhere.margin == 0
 
 
 # --- launch ---------------------------------------------------------------------------------
@@ -243,16 +246,17 @@ def test_parse_summary(message: str, ok: bool) -> None:
     r = feedback.parse_summary(message, 0, "p")
     assert (r is not None) is ok
     if r:
-        assert (r.rank, r.device_total_bytes, r.pod) == (1, 5 * GiB, "p")
+        [rank] = r.ranks
+        assert (rank.rank, rank.device_total_bytes, rank.pod) == (1, 5 * GiB, "p")
 
 
 def test_measured_max_and_relative_error() -> None:
-    ranks = [feedback.parse_summary(summary(i, (4 + i) * GiB), i) for i in range(2)]
-    m = feedback.measured([r for r in ranks if r], 4 * GiB)
+    reports = [feedback.parse_summary(summary(i, (4 + i) * GiB), i) for i in range(2)]
+    m = feedback.measured([r for rep in reports if rep for r in rep.ranks], 4 * GiB)
     assert m is not None and m.max_peak_bytes == 5 * GiB and m.relative_error == 0.25
     host = feedback.parse_summary(summary(0, GiB, kind="host-rss"), 0)
     assert host is not None
-    hm = feedback.measured([host], 4 * GiB)
+    hm = feedback.measured(host.ranks, 4 * GiB)
     assert hm is not None and hm.relative_error is None and "host RSS" in hm.max_peak
 
 
@@ -280,9 +284,10 @@ def test_next_plan_gives_up_at_batch_1_with_checkpointing() -> None:
 
 
 def test_margins_round_trip_through_a_configmap() -> None:
-    m = {"yolov8n|t4": {"margin": 0.2, "observations": 2}}
+    m = {"ns|yolov8n|t4": {"margin": 0.2, "observations": 2, "seen": ["u/0", "u/1"]}}
     assert feedback.decode_margins(feedback.encode_margins(m)) == m
     assert feedback.decode_margins({"margins.json": "garbage"}) == {}
     assert feedback.update_margin(0.0, 10 * GiB, 0) == 0.1
-    assert feedback.update_margin(0.0, 10 * GiB, 13 * GiB) == pytest.approx(0.35)
+    assert feedback.update_margin(0.0, 10 * GiB, 13 * GiB) == pytest.approx(0.25)  # bounded
+    assert feedback.update_margin(0.0, 10 * GiB, 12 * GiB) == pytest.approx(0.25)
     assert feedback.update_margin(0.9, 10 * GiB, 0) == 1.0

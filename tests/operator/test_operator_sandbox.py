@@ -221,7 +221,7 @@ def test_oom_replans_with_same_effective_batch(operator: Any, kubectl: Any, kube
     assert "OutOfMemoryReplan" in reasons
     margins = kubectl("get", "configmap", "-n", "yolofit-system", "yolofit-learned-margins",
                       "-o", "jsonpath={.data.margins\\.json}").stdout
-    assert json.loads(margins)["yolov8n|t4"]["margin"] > 0
+    assert json.loads(margins)[f"{namespace}|yolov8n|t4"]["margin"] > 0  # per namespace
     finish_all(kube, namespace, "oom")
     wait_for(phase_is(kubectl, namespace, "oom", "Succeeded"), 30, what="job Succeeded")
     assert 'yolofit_replans_total{gpu_class="t4"' in operator.metrics()

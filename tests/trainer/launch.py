@@ -65,27 +65,36 @@ class Job:
         return spec, plan
 
 
+    def attempt_dir(self, attempt: int = 0) -> Path:
+        """Where attempt n of the job writes (Ultralytics' save_dir)."""
+        return self.output / self.name / f"attempt-{attempt}"
+
+
 def start_ranks(
     job: Job,
     tmp: Path,
     config_patch: dict[str, Any] | None = None,
     extra_env: dict[str, str] | None = None,
+    attempt: int = 0,
+    plan: Plan | None = None,
 ) -> list[LocalPod]:
     """Start one process per pod of the job, in rank order (each runs the pod's command and
-    env, on CPU); wait for them with `yolofit.sandbox.localrun.wait_pods`."""
-    spec, plan = job.spec_and_plan()
+    env, on CPU); wait for them with `yolofit.sandbox.localrun.wait_pods`. `attempt` and `plan`
+    relaunch the job as the operator does after an OOM re-plan or a gang restart."""
+    spec, planned = job.spec_and_plan()
+    plan = plan or planned
     meta = {"metadata": {"name": job.name, "namespace": job.namespace, "uid": "uid-1"}}
     pods = []
     for r in range(job.nodes):
         pod = build_pod(
-            meta, spec, plan, r, attempt=0, node_selector={}, tolerations=[], gated=False
+            meta, spec, plan, r, attempt=attempt, node_selector={}, tolerations=[], gated=False
         )
         env = pod_env(pod)
         assert env["MASTER_ADDR"] == env["PET_MASTER_ADDR"] and env["RANK"] == str(r)
         pods.append(pod)
     return start_pods(
         pods,
-        tmp,
+        tmp if attempt == 0 else tmp / f"attempt-{attempt}",
         extra_env={"YOLOFIT_DEVICE": "cpu", **(extra_env or {})},
         config_patch=config_patch,
     )

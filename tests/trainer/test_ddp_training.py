@@ -27,7 +27,7 @@ def test_two_ranks_train_one_model(dataset: Path, tmp_path: Path) -> None:
     assert codes == [0, 0], "\n".join(r.output() for r in ranks)
 
     reports = [
-        json.loads((tmp_path / "runs" / job.name / "yolofit" / f"rank-{r}.json").read_text())
+        json.loads((job.attempt_dir() / "yolofit" / f"rank-{r}.json").read_text())
         for r in (0, 1)
     ]
     # Identical weights: parameters and EMA parameters hash the same on both ranks.
@@ -55,7 +55,7 @@ def test_two_ranks_train_one_model(dataset: Path, tmp_path: Path) -> None:
         assert s["memory_kind"] == "host-rss" and s["peak_allocated_bytes"] > 50 * 2**20
         assert s["images_per_second"] > 0
     # Ultralytics' own outputs, as `yolo train` writes them (rank 0).
-    run_dir = tmp_path / "runs" / job.name
+    run_dir = job.attempt_dir()
     assert (run_dir / "results.csv").read_text().count("\n") == 3  # header + 2 epochs
     assert (run_dir / "weights" / "last.pt").is_file()
 
@@ -74,7 +74,7 @@ def test_two_ranks_with_activation_checkpointing(dataset: Path, tmp_path: Path) 
     ranks = start_ranks(job, tmp_path)
     assert wait_pods(ranks, timeout=300) == [0, 0], ranks[0].output() + ranks[1].output()
     reports = [
-        json.loads((tmp_path / "runs" / job.name / "yolofit" / f"rank-{r}.json").read_text())
+        json.loads((job.attempt_dir() / "yolofit" / f"rank-{r}.json").read_text())
         for r in (0, 1)
     ]
     assert reports[0]["checkpointed_modules"] > 5

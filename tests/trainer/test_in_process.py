@@ -110,5 +110,5 @@ def test_checkpointing_is_applied_to_the_model_ultralytics_trains(
     assert run.checkpointed_modules == 7 and len(seen) == 1
     assert type(seen[0]).__name__ == "DetectionModel"
     assert summary.steps == 2 and summary.memory_kind == "host-rss"
-    report = json.loads((tmp_path / "ckpt" / "yolofit" / "rank-0.json").read_text())
+    report = json.loads((tmp_path / "ckpt" / "attempt-0" / "yolofit" / "rank-0.json").read_text())
     assert report["checkpointed_modules"] == 7 and report["accumulate"] == 2

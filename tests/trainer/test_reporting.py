@@ -23,6 +23,12 @@ CONTRACT_FIELDS = {
     "images_per_second",
     "exit_reason",
     "message",
+    "attempt",
+    "start_epoch",
+    "epochs_done",
+    "save_dir",
+    "resumed_from",
+    "ranks",
 }
 
 

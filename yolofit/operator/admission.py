@@ -136,7 +136,8 @@ def decide(name: str, namespace: str, spec: YOLOTrainingJobSpec, policy: GPUCapa
                                                                      else ""),))
 
     def gpu_of(n: str) -> planner.GpuClass:
-        return pol.with_margin(classes[n].gpu, margins.get(margin_key(model, n), 0.0))
+        margin = margins.get(margin_key(namespace, model, n), 0.0)
+        return pol.with_margin(classes[n].gpu, margin)
 
     try:
         req = plan_request(spec, policy, batch_per_gpu)
@@ -158,7 +159,7 @@ def decide(name: str, namespace: str, spec: YOLOTrainingJobSpec, policy: GPUCapa
                                        f"the largest class allowed in namespace {namespace} (")
         return Decision(errors=(f"spec: does not fit: {reason}" + (f"; {note}" if note
                                                                     else ""),))
-    margin = margins.get(margin_key(model, result.gpu_class), 0.0)
+    margin = margins.get(margin_key(namespace, model, result.gpu_class), 0.0)
     plan = to_api_plan(result, spec, margin)
     if note:
         plan = plan.model_copy(update={"reason": f"{plan.reason}; {note}".lstrip("; ")})

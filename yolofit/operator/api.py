@@ -202,6 +202,26 @@ class KueueStatus(Model):
     last_eviction: str = Field("", description="Reason and message of the last eviction.")
 
 
+class Results(Model):
+    """Where the job's outputs live and where the current attempt picks up."""
+
+    storage: str = Field("", description="What holds outputDir: persistentVolumeClaim "
+                         "<name> (made per job from the policy's outputs), a volume of the "
+                         "spec, or emptyDir (ephemeral).")
+    ephemeral: bool = Field(False, description="True when results are lost with the pods.")
+    path: str = Field("", description="Directory of the current attempt: "
+                      "<outputDir>/<job>/attempt-<n>; earlier attempts' directories stay.")
+    resume_from: str = Field("", description="Checkpoint the current attempt resumes from "
+                             "(an earlier attempt's weights/last.pt); empty for a fresh start.")
+    resume_epoch: int | None = Field(None, ge=0, description="Epochs already trained that the "
+                                     "current attempt does not train again (it starts at "
+                                     "this 0-based epoch); unknown until reported.")
+    epochs_done: int = Field(0, ge=0, description="Epochs with a checkpoint on the volume, "
+                             "as last reported by the trainer.")
+    checkpoint: str = Field("", description="Newest checkpoint reported: the last.pt a "
+                            "relaunch resumes from.")
+
+
 class YOLOTrainingJobStatus(Model):
     phase: Phase = Field("Pending", description="Pending, Profiling, Queued, Admitted, "
                          "Running, Succeeded or Failed.")
@@ -219,6 +239,8 @@ class YOLOTrainingJobStatus(Model):
     kueue: KueueStatus | None = Field(None, description="Kueue's view of the job, when Kueue "
                                       "admits it (policy kueueQueue or the job label "
                                       "kueue.x-k8s.io/queue-name).")
+    results: Results | None = Field(None, description="Where results live and the resume "
+                                    "point of the current attempt.")
     start_time: str | None = Field(None, description="When pods were launched.")
     completion_time: str | None = Field(None, description="When the job finished.")
 
@@ -312,6 +334,24 @@ class Levers(Model):
     min_imgsz: int = Field(320, ge=32, description="Smallest imgsz the planner may reduce to.")
 
 
+class OutputStorage(Model):
+    """The volume yolofit gives each job's outputDir when the job mounts none there."""
+
+    size: str | None = Field(None, pattern=r"^[0-9]+(\.[0-9]+)?([KMGTPE]i|[kMGTPE])?$",
+                             description="Size of the PersistentVolumeClaim made per "
+                             "job (quantity, e.g. 20Gi). Unset: an emptyDir, whose results "
+                             "are lost with the pods (the job shows a ResultsPersistent=False "
+                             "condition).")
+    storage_class_name: str | None = Field(None, description="StorageClass of the claim; "
+                                           "unset = the cluster's default class.")
+    access_mode: Literal["ReadWriteOnce", "ReadWriteMany", "ReadWriteOncePod"] = Field(
+        "ReadWriteOnce", description="ReadWriteMany mounts the claim in every pod; otherwise "
+        "only in pod 0, where rank 0 writes checkpoints (other ranks receive the resume "
+        "checkpoint over the process group).")
+    retain: bool = Field(False, description="Keep the claim after the job is deleted "
+                         "(default: it is owned by the job and deleted with it).")
+
+
 class GPUCapacityPolicySpec(Model):
     """GPU classes, per-namespace rules and the levers the planner may use."""
 
@@ -338,6 +378,9 @@ class GPUCapacityPolicySpec(Model):
                                             "classes that do not set one.")
     max_replans: int = Field(3, ge=0, le=20, description="OOM re-plans per job before it "
                              "fails.")
+    outputs: OutputStorage = Field(default_factory=OutputStorage, description="Storage for "
+                                   "jobs' outputDir: a PersistentVolumeClaim per job when a "
+                                   "size is given, else an emptyDir.")
 
 
 class FleetClass(Model):
@@ -351,6 +394,8 @@ class FleetClass(Model):
 
 
 class LearnedMargin(Model):
+    namespace: str = Field("", description="Namespace the margin was learned in (margins "
+                           "are not shared between namespaces).")
     model: str = Field(description="Model name.")
     gpu_class: str = Field(description="GPU class.")
     margin: float = Field(ge=0, description="Fraction added to estimates.")

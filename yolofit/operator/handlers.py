@@ -237,9 +237,10 @@ class Operator:
                             memory=format_bytes(c.gpu.memory_bytes),
                             usable=format_bytes(c.gpu.budget_bytes), bf16=c.gpu.bf16).wire()
                  for c in self.world.classes.values()]
-        margins = [LearnedMargin(model=k.split("|")[0], gpu_class=k.split("|")[1],
+        margins = [LearnedMargin(namespace=ns, model=model, gpu_class=cls,
                                  margin=v["margin"], observations=v["observations"]).wire()
-                   for k, v in sorted(self.world.margins.items())]
+                   for k, v in sorted(self.world.margins.items())
+                   for ns, model, cls in [feedback.split_key(k)]]
         status: dict[str, Any] = {"fleet": fleet, "learnedMargins": margins}
         if generation is not None:
             status["observedGeneration"] = generation

@@ -17,7 +17,8 @@ import json
 from collections.abc import Mapping
 from typing import Any
 
-from yolofit.operator.api import API_VERSION, Plan, YOLOTrainingJobSpec
+from yolofit.operator.api import API_VERSION, OutputStorage, Plan, YOLOTrainingJobSpec
+from yolofit.operator.storage import Storage, plan_storage, pod_volumes
 
 GANG_GATE = "yolofit.io/gang"
 JOB_LABEL = "yolofit.io/job"
@@ -116,8 +117,10 @@ def ddp_env(name: str, namespace: str, plan: Plan, rank: int) -> list[dict[str, 
 def build_pod(job: Mapping[str, Any], spec: YOLOTrainingJobSpec, plan: Plan, rank: int,
               attempt: int, node_selector: Mapping[str, str],
               tolerations: list[dict[str, Any]], metrics_port: int = METRICS_PORT,
-              gated: bool = True) -> dict[str, Any]:
+              gated: bool = True, outputs: Storage | None = None) -> dict[str, Any]:
     name, namespace = job["metadata"]["name"], job["metadata"]["namespace"]
+    outputs = outputs or plan_storage(job, spec, OutputStorage())
+    out_volumes, out_mounts, out_security = pod_volumes(outputs, spec, rank)
     config = train_config(name, namespace, spec, plan, attempt, metrics_port)
     env = ddp_env(name, namespace, plan, rank) + [
         {"name": "YOLOFIT_TRAIN_CONFIG", "value": json.dumps(config, sort_keys=True)},
@@ -159,15 +162,17 @@ def build_pod(job: Mapping[str, Any], spec: YOLOTrainingJobSpec, plan: Plan, ran
                           {"name": "ddp", "containerPort": MASTER_PORT}],
                 "resources": {"requests": dict(resources), "limits": dict(resources)},
                 "volumeMounts": [{"name": "dshm", "mountPath": "/dev/shm"},
-                                 *[dict(m) for m in spec.volume_mounts]],
+                                 *[dict(m) for m in spec.volume_mounts], *out_mounts],
                 "terminationMessagePath": "/dev/termination-log",
                 "terminationMessagePolicy": "FallbackToLogsOnError",
             }],
             "volumes": [{"name": "dshm", "emptyDir": {"medium": "Memory",
                                                       "sizeLimit": spec.resources.shm}},
-                        *[dict(v) for v in spec.volumes]],
+                        *[dict(v) for v in spec.volumes], *out_volumes],
         },
     }
+    for key, value in out_security.items():  # the outputs volume writable for the trainer
+        pod["spec"].setdefault("securityContext", {}).setdefault(key, value)
     if gated:
         pod["spec"]["schedulingGates"] = [{"name": GANG_GATE}]
     return pod

@@ -52,6 +52,8 @@ WORKLOAD_RULES: list[dict[str, Any]] = [
     # DRA-backed classes: one ResourceClaimTemplate per job attempt (sharing/dra.py).
     {"apiGroups": ["resource.k8s.io"], "resources": ["resourceclaimtemplates"],
      "verbs": ["get", "create"]},
+    # Outputs: one PersistentVolumeClaim per job when the policy gives outputs.size.
+    {"apiGroups": [""], "resources": ["persistentvolumeclaims"], "verbs": ["get", "create"]},
     # Events on jobs (kopf posts core/v1 Events).
     {"apiGroups": ["", "events.k8s.io"], "resources": ["events"], "verbs": ["create", "patch"]},
     # Kueue (where installed): read the Workloads of Kueue-managed jobs' pod groups.

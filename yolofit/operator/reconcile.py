@@ -15,7 +15,16 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from yolofit.operator import admission, feedback, isolation, kube, launch, metrics
+from yolofit.operator import (
+    admission,
+    feedback,
+    isolation,
+    kube,
+    launch,
+    margins,
+    metrics,
+    storage,
+)
 from yolofit.operator import policy as pol
 from yolofit.operator.api import (
     TERMINAL_PHASES,
@@ -47,6 +56,7 @@ class Reconciler:
         self.metrics_port = metrics_port
         self.monitoring_namespace = "monitoring"  # may scrape trainer metrics (NetworkPolicy)
         self.observed_errors: set[tuple[str, int]] = set()
+        self.dropped_seen: set[tuple[str, int, str]] = set()
         # The status last written in the current pass of each job (one pass per job at a
         # time: the job's lock), so the pass writes again only what changed since.
         self.written: dict[Key, YOLOTrainingJobStatus] = {}
@@ -114,8 +124,11 @@ class Reconciler:
         current = await self._launch(key, body, job, plan, st, gen, t)
         if current is None:
             return
-        # 4. Follow the pods.
-        outcome = summarize(current, plan)
+        # 4. Follow the pods: only summaries of the job's own pods of this attempt count.
+        outcome = summarize(current, plan, self._trust(body, plan, st))
+        self._dropped(body, st, outcome.dropped)
+        st.results = storage.results(st.results, self._storage(body, job), job.spec, key[1],
+                                     st.attempt, outcome.reports)
         if outcome.ranks:
             m = feedback.measured(outcome.ranks, plan.predicted_device_bytes)
             st.measured = m
@@ -133,6 +146,8 @@ class Reconciler:
                                           "True", outcome.reason, outcome.message, gen, t)
             self.event(body, "Normal" if ok else "Warning", outcome.reason, outcome.message)
             self._observe_error(body, plan, st)
+            if ok:
+                await self._learn(key, body, job, plan, st, None)
 
     async def _launch(self, key: Key, body: dict[str, Any], job: YOLOTrainingJob, plan: Plan,
                       st: YOLOTrainingJobStatus, gen: int, t: str) -> list[PodView] | None:
@@ -158,10 +173,19 @@ class Reconciler:
             await self.api.create(kube.network_policies_path(ns), isolation.network_policy(
                 body, self.monitoring_namespace, self.metrics_port))
             self.world.services.add(key)
-        created = await self._ensure_pods(key, body, job, plan, st, {v.name for v in current})
+        outputs = self._storage(body, job)
+        storage.note(st, outputs, job.spec, name, gen, t)
+        if len(current) < plan.nodes:
+            await storage.ensure_claim(self.api, outputs)
+        created = await self._ensure_pods(key, body, job, plan, st, {v.name for v in current},
+                                          outputs)
         if created:
             self.event(body, "Normal", "Launched", f"created {plan.nodes} pods and the "
-                       f"headless Service {launch.service_name(name)}")
+                       f"headless Service {launch.service_name(name)}; outputs on "
+                       f"{outputs.description} under "
+                       f"{storage.attempt_path(job.spec.output_dir, name, st.attempt)}")
+            if outputs.ephemeral:
+                self.event(body, "Warning", "EphemeralOutputs", storage.EPHEMERAL_MESSAGE)
         if not st.start_time and (created or current):
             st.start_time = t
         st.workers = launch.desired_pod_names(name, plan)
@@ -240,7 +264,8 @@ class Reconciler:
         return False
 
     async def _ensure_pods(self, key: Key, body: dict[str, Any], job: YOLOTrainingJob,
-                           plan: Plan, st: YOLOTrainingJobStatus, existing: set[str]) -> bool:
+                           plan: Plan, st: YOLOTrainingJobStatus, existing: set[str],
+                           outputs: storage.Storage | None = None) -> bool:
         ns, name = key
         info = self.world.classes.get(plan.gpu_class)
         if info is None:
@@ -261,7 +286,8 @@ class Reconciler:
             # (a gang of one is complete the moment it is created).
             complete = all(n in existing for n in names if n != pod_name)
             pod = launch.build_pod(body, job.spec, plan, rank, st.attempt, selector,
-                                   tolerations, self.metrics_port, gated=not complete)
+                                   tolerations, self.metrics_port, gated=not complete,
+                                   outputs=outputs)
             pod = sharing.apply_pod(pod, plan, info, st.attempt)
             pod = self.kueue.pod(pod, self.world.policy, body, plan.nodes)
             result = await self.api.create(kube.pods_path(ns), pod)
@@ -288,14 +314,8 @@ class Reconciler:
         ns, name = key
         t = now()
         model = admission.model_id(job.spec.model)
-        mkey = feedback.margin_key(model, plan.gpu_class)
         metrics.OOMS.labels(plan.gpu_class, ns).inc()
-        peak = max((feedback.peak_of(r) for r in ranks), default=0)
-        old_margin = float(self.world.margins.get(mkey, {}).get("margin", 0.0))
-        margin = feedback.update_margin(old_margin, plan.predicted_device_bytes, peak)
-        obs = int(self.world.margins.get(mkey, {}).get("observations", 0)) + 1
-        self.world.margins[mkey] = {"margin": margin, "observations": obs}
-        await self._save_margins()
+        margin = await self._learn(key, body, job, plan, st, ranks)
         limit = self.world.policy.max_replans
         if len(st.replans) >= limit:
             msg = f"out of GPU memory after {len(st.replans)} re-plans (policy limit {limit})"
@@ -350,16 +370,32 @@ class Reconciler:
             self.observed_errors.add(mark)
             metrics.ESTIMATE_ERROR.labels(plan.gpu_class).observe(m.relative_error)
 
-    async def _save_margins(self) -> None:
-        w = self.world
-        ns, name = self.settings_ns, self.settings_cm
-        data = feedback.encode_margins(w.margins)
-        if await self.api.create(kube.configmap_path(ns), {
-                "apiVersion": "v1", "kind": "ConfigMap",
-                "metadata": {"name": name, "namespace": ns,
-                             "labels": {"app.kubernetes.io/part-of": "yolofit"}},
-                "data": data}) is None:
-            await self.api.merge_patch(kube.configmap_path(ns, name), {"data": data})
+    def _trust(self, body: dict[str, Any], plan: Plan,
+               st: YOLOTrainingJobStatus) -> feedback.Trust:
+        info = self.world.classes.get(plan.gpu_class)
+        return feedback.Trust(body["metadata"]["uid"], st.attempt,
+                              info.gpu.memory_bytes if info else 0)
+
+    def _storage(self, body: dict[str, Any], job: YOLOTrainingJob) -> storage.Storage:
+        return storage.plan_storage(body, job.spec, self.world.policy.outputs)
+
+    def _dropped(self, body: dict[str, Any], st: YOLOTrainingJobStatus,
+                 reasons: list[str]) -> None:
+        """One Warning per dropped summary (per job UID, attempt and reason)."""
+        for why in reasons:
+            mark = (body["metadata"]["uid"], st.attempt, why)
+            if mark not in self.dropped_seen:
+                self.dropped_seen.add(mark)
+                self.event(body, "Warning", "MeasurementDropped", why)
+
+    async def _learn(self, key: Key, body: dict[str, Any], job: YOLOTrainingJob, plan: Plan,
+                     st: YOLOTrainingJobStatus, oom_ranks: list[Any] | None) -> float:
+        """Learn from this attempt once (margins.learn); returns the margin now in force."""
+        return await margins.learn(
+            self.api, self.world, (self.settings_ns, self.settings_cm),
+            feedback.margin_key(key[0], admission.model_id(job.spec.model), plan.gpu_class),
+            feedback.observation_id(body["metadata"]["uid"], st.attempt), plan, oom_ranks,
+            st.measured)
 
     settings_ns = "yolofit-system"
     settings_cm = "yolofit-learned-margins"

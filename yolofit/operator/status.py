@@ -9,7 +9,7 @@ kept while the status does not change, and `observedGeneration`.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from yolofit.operator import feedback
@@ -31,6 +31,21 @@ class PodView:
     message: str
     deleting: bool = False
     unschedulable: str = ""  # the scheduler's message while it cannot place the pod
+    owner_uid: str = ""  # UID of the pod's controller ownerReference
+
+
+def controller_uid(meta: Mapping[str, Any]) -> str:
+    for ref in meta.get("ownerReferences") or []:
+        if ref.get("controller"):
+            return str(ref.get("uid", ""))
+    return ""
+
+
+def _label_int(labels: Mapping[str, Any], key: str) -> int:
+    try:
+        return int(labels.get(key, 0))
+    except (TypeError, ValueError):
+        return -1  # not a label yolofit wrote
 
 
 def pod_view(pod: Mapping[str, Any]) -> PodView:
@@ -48,12 +63,13 @@ def pod_view(pod: Mapping[str, Any]) -> PodView:
                           st.get("conditions") or [] if c.get("type") == "PodScheduled"
                           and c.get("status") == "False"
                           and c.get("reason") == "Unschedulable"), "")
-    return PodView(name=meta.get("name", ""), rank=int(labels.get(RANK_LABEL, 0)),
-                   attempt=int(labels.get(ATTEMPT_LABEL, 0)), phase=st.get("phase", "Pending"),
+    return PodView(name=meta.get("name", ""), rank=_label_int(labels, RANK_LABEL),
+                   attempt=_label_int(labels, ATTEMPT_LABEL), phase=st.get("phase", "Pending"),
                    gated=GANG_GATE in gates, node=spec.get("nodeName") or "",
                    exit_code=exit_code, message=message,
                    deleting=bool(meta.get("deletionTimestamp")),
-                   unschedulable=unschedulable if not spec.get("nodeName") else "")
+                   unschedulable=unschedulable if not spec.get("nodeName") else "",
+                   owner_uid=controller_uid(meta))
 
 
 def set_condition(conditions: list[Condition], type_: str, status: str, reason: str,
@@ -83,20 +99,58 @@ class PodsOutcome:
     message: str
     oom: bool
     ranks: list[RankMeasurement]
+    reports: list[feedback.PodReport] = field(default_factory=list)  # trusted summaries
+    dropped: list[str] = field(default_factory=list)  # why summaries were not counted
 
 
-def summarize(pods: Iterable[PodView], plan: Plan) -> PodsOutcome:
-    pods = sorted(pods, key=lambda p: p.rank)
-    ranks = [r for p in pods if (r := feedback.parse_summary(p.message, p.rank, p.name))]
+def read_reports(pods: Iterable[PodView], trust: feedback.Trust | None
+                 ) -> tuple[list[PodView], list[feedback.PodReport], list[str]]:
+    """The pods that are the job's, their trusted summaries, and what was dropped (why)."""
+    kept, reports, dropped = [], [], []
+    for p in pods:
+        report = feedback.parse_summary(p.message, max(p.rank, 0), p.name)
+        why = ""
+        if trust is not None and p.owner_uid != trust.job_uid:
+            why = feedback.screen(report or feedback.PodReport(pod=p.name), p.owner_uid,
+                                  p.attempt, trust)
+            dropped.append(why)
+            continue  # not the job's pod: neither its summary nor its exit code counts
+        kept.append(p)
+        if report is None:
+            continue
+        if trust is not None:
+            why = feedback.screen(report, p.owner_uid, p.attempt, trust)
+        elif report.rejected:
+            why = f"summary of pod {p.name} dropped: {report.rejected}"
+        if why:
+            dropped.append(why)
+        else:
+            reports.append(report)
+    return kept, reports, dropped
+
+
+def summarize(pods: Iterable[PodView], plan: Plan,
+              trust: feedback.Trust | None = None) -> PodsOutcome:
+    """The attempt's outcome. With `trust`, only pods the job controls count, and only their
+    summaries that pass feedback.screen."""
+    pods, reports, dropped = read_reports(sorted(pods, key=lambda p: p.rank), trust)
+    ranks = sorted((r for rep in reports for r in rep.ranks), key=lambda r: r.rank)
+    outcome = _outcome(pods, plan, reports, ranks)
+    return replace(outcome, reports=reports, dropped=dropped)
+
+
+def _outcome(pods: list[PodView], plan: Plan, reports: list[feedback.PodReport],
+             ranks: list[RankMeasurement]) -> PodsOutcome:
+    by_pod = {rep.pod: rep for rep in reports}
     failed = [p for p in pods if p.phase == "Failed"]
     if failed:
-        oom = [p for p in failed if p.exit_code == feedback.OOM_EXIT_CODE or any(
-            r.pod == p.name and r.exit_reason == "oom" for r in ranks)]
+        oom = [p for p in failed if p.exit_code == feedback.OOM_EXIT_CODE or (
+            p.name in by_pod and by_pod[p.name].exit_reason == "oom")]
         if oom:
             return PodsOutcome("Failed", "OutOfMemory", f"{oom[0].name} ran out of GPU memory "
                                f"at batch {plan.batch_per_gpu} per GPU", True, ranks)
         p = failed[0]
-        summary = next((r for r in ranks if r.pod == p.name), None)
+        summary = by_pod.get(p.name)
         detail = summary.message if summary and summary.message else (
             p.message.strip()[-300:] if p.message and summary is None else "")
         reason = "DataMissing" if (p.exit_code == feedback.BAD_INPUT_EXIT_CODE or (

@@ -27,6 +27,8 @@ PLAN_OWNED_ARGS = frozenset(
         "device",
         "project",
         "name",
+        "save_dir",
+        "resume",
     }
 )
 
@@ -89,15 +91,21 @@ class TrainConfig(BaseModel):
         description="Prometheus port of local rank 0; "
         "local rank r serves on metrics_port + r. 0 disables the exporter.",
     )
-    project: str = Field("/output", description="Ultralytics project directory (outputs volume).")
-    name: str = Field("train", description="Run name under project (Ultralytics save_dir).")
+    project: str = Field(
+        "/output",
+        description="Output directory (spec.outputDir, the job's volume). Attempt n writes "
+        "under <project>/<name>/attempt-<n> and resumes from an earlier attempt's last.pt.",
+    )
+    name: str = Field("train", description="Run name under project: the job's name.")
     linger_seconds: float = Field(
         0.0,
         ge=0,
         description="Keep the exporter up this long after "
         "training so Prometheus scrapes the final values.",
     )
-    attempt: int = Field(0, ge=0, description="Launch attempt (0 first; +1 per OOM re-plan).")
+    attempt: int = Field(
+        0, ge=0, description="Launch attempt (0 first; +1 per OOM re-plan or gang restart)."
+    )
     world_size: int | None = Field(
         None,
         ge=1,
@@ -172,6 +180,12 @@ class TrainerSettings(BaseSettings):
         None,
         validation_alias="YOLOFIT_INJECT_OOM_RANK",
         description="Test hook: global rank that injects the OOM (all ranks when unset).",
+    )
+    inject_kill_at_step: int | None = Field(
+        None,
+        validation_alias="YOLOFIT_INJECT_KILL_AT_STEP",
+        description="Test hook: the rank kills itself with SIGKILL (as a node loss would) "
+        "before this (0-based) step; YOLOFIT_INJECT_OOM_RANK selects the rank.",
     )
     device: Literal["auto", "cpu", "cuda"] = Field(
         "auto", validation_alias="YOLOFIT_DEVICE", description="auto: CUDA when available."

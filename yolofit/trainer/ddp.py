@@ -11,7 +11,6 @@ spawned.
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess
@@ -24,6 +23,7 @@ from pathlib import Path
 from types import FrameType
 
 from yolofit.trainer.config import TrainerSettings
+from yolofit.trainer.summary import read_summaries, write_termination_log
 
 
 class TopologyError(ValueError):
@@ -174,10 +174,10 @@ def combine_exit_codes(codes: Sequence[int]) -> int:
 
 
 def spawn_local_workers(topo: Topology, argv: Sequence[str], termination_log: Path) -> int:
-    """Run one `yolofit train` worker per local GPU; write their summaries as one JSON list.
+    """Run one `yolofit train` worker per local GPU; write the pod's one summary.
 
-    The container has a single termination message, so a pod with several ranks reports a JSON
-    list of the per-rank summaries (one object per rank, as a one-GPU pod reports).
+    The container has a single termination message (4096 bytes at most), so the pod reports
+    one compact object: maxima over its ranks plus a row per rank (summary.encode).
     """
     procs: list[subprocess.Popen[bytes]] = []
     with tempfile.TemporaryDirectory(prefix="yolofit-ranks-") as tmp:
@@ -193,7 +193,7 @@ def spawn_local_workers(topo: Topology, argv: Sequence[str], termination_log: Pa
 
         signal.signal(signal.SIGTERM, forward)
         codes = [p.wait() for p in procs]
-        summaries = [json.loads(log.read_text()) for log in logs if log.is_file()]
-        termination_log.parent.mkdir(parents=True, exist_ok=True)
-        termination_log.write_text(json.dumps(summaries, separators=(",", ":")))
+        summaries = read_summaries(logs)
+        if summaries:
+            write_termination_log(summaries, termination_log)
     return combine_exit_codes(codes)

@@ -21,6 +21,8 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import os
+import signal
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -31,6 +33,7 @@ import yaml
 from torch import nn
 from ultralytics.models.yolo.detect import DetectionTrainer
 
+from yolofit.trainer import resume
 from yolofit.trainer.config import TrainConfig, TrainerSettings
 from yolofit.trainer.ddp import Topology, init_process_group
 from yolofit.trainer.errors import DataMissing, PlanMismatch, UnsupportedUltralytics
@@ -109,9 +112,15 @@ def _ultralytics_amp(amp: str, device: torch.device) -> bool | str:
     return "bf16" if amp == "bf16" else True
 
 
-def ultralytics_overrides(cfg: TrainConfig, topo: Topology, device: torch.device) -> dict[str, Any]:
+def ultralytics_overrides(
+    cfg: TrainConfig, topo: Topology, device: torch.device, resume_from: Path | None = None
+) -> dict[str, Any]:
     """Ultralytics train arguments for this rank (pure). `batch` is global: Ultralytics divides
-    it by the world size per rank and derives accumulate = round(nbs / batch)."""
+    it by the world size per rank and derives accumulate = round(nbs / batch). Each attempt
+    writes to its own save_dir (resume.attempt_dir); `resume_from` is an earlier attempt's
+    last.pt."""
+    save_dir = resume.attempt_dir(cfg.project, cfg.name, cfg.attempt)
+    resume_args: dict[str, Any] = {"resume": str(resume_from)} if resume_from else {}
     return {
         **cfg.extra_args,
         "model": model_argument(cfg.model),
@@ -123,12 +132,21 @@ def ultralytics_overrides(cfg: TrainConfig, topo: Topology, device: torch.device
         "optimizer": cfg.optimizer,
         "amp": _ultralytics_amp(cfg.amp, device),
         "device": "cpu" if device.type == "cpu" else str(device.index),
-        "project": cfg.project,
-        "name": cfg.name,
+        "project": str(save_dir.parent),
+        "name": save_dir.name,
+        "save_dir": str(save_dir),
         "exist_ok": True,
         # Plots need the Arial font (a download) and matplotlib time; the trainer reports metrics.
         "plots": cfg.extra_args.get("plots", False),
+        **resume_args,
     }
+
+
+# What a resumed attempt takes from its plan, not from the checkpoint's saved arguments:
+# Ultralytics' resume restores the old run's args and lets only a few through (batch yes, nbs,
+# amp, epochs or save_dir of the new attempt not all), so these are set again after it.
+PLAN_RESUME_ARGS = ("batch", "nbs", "amp", "imgsz", "epochs", "device", "project", "name",
+                    "save_dir", "exist_ok", "data", "plots", "optimizer")
 
 
 class _CpuDDP(nn.parallel.DistributedDataParallel):
@@ -169,6 +187,13 @@ class YolofitTrainer(DetectionTrainer):  # type: ignore[misc]
         # batch and retries unless it already retried 3 times. A job's batch is planned: the
         # OOM must reach the operator, which re-plans with the same effective batch.
         trainer._oom_retries = 3
+
+    def check_resume(self, overrides: dict[str, Any]) -> None:
+        super().check_resume(overrides)
+        if self.resume:  # the new plan's batch/accumulation and this attempt's directory
+            for key in PLAN_RESUME_ARGS:
+                if key in overrides:
+                    setattr(self.args, key, overrides[key])
 
     def _setup_ddp(self) -> None:
         # The process group is already joined (ddp.init_process_group); only pin the device.
@@ -256,11 +281,18 @@ class RunState:
         self.batch_per_rank: int | None = None
         self.checkpointed_modules = 0
         self.shards: list[list[str]] = []  # per epoch: the images this rank's sampler gave it
+        self.start_epoch = 0
+        self.epochs_done = 0
+        self.epochs = 0
         self._t_prev = time.perf_counter()
 
     def maybe_inject_oom(self) -> None:
         s = self.settings
-        if s.inject_oom_at_step == self.steps and s.inject_oom_rank in (None, self.topo.rank):
+        if s.inject_oom_rank not in (None, self.topo.rank):
+            return
+        if s.inject_kill_at_step == self.steps:
+            os.kill(os.getpid(), signal.SIGKILL)  # as a lost node: no summary, no cleanup
+        if s.inject_oom_at_step == self.steps:
             raise torch.OutOfMemoryError(
                 f"CUDA out of memory (injected by YOLOFIT_INJECT_OOM_AT_STEP={self.steps} on rank "
                 f"{self.topo.rank})"
@@ -269,6 +301,11 @@ class RunState:
     def on_train_start(self, trainer: Any) -> None:
         self.accumulate = trainer.accumulate  # nominal; warmup ramps up to it
         self.batch_per_rank = trainer.train_loader.batch_size
+        self.start_epoch = self.epochs_done = trainer.start_epoch
+        self.epochs = trainer.epochs
+
+    def on_fit_epoch_end(self, trainer: Any) -> None:
+        self.epochs_done = trainer.epoch + 1  # rank 0 has saved last.pt of this epoch
 
     def on_train_epoch_start(self, trainer: Any) -> None:
         self._t_prev = time.perf_counter()
@@ -319,6 +356,10 @@ class RunState:
             "ema": state_hashes(trainer.ema.ema) if trainer.ema else None,
             "checkpointed_modules": self.checkpointed_modules,
             "shards": self.shards,
+            "attempt": self.cfg.attempt,
+            "start_epoch": self.start_epoch,
+            "epochs_done": self.epochs_done,
+            "epochs": self.epochs,
             "save_dir": str(trainer.save_dir),
             "amp": bool(trainer.amp),
         }
@@ -360,10 +401,30 @@ def train(
         metrics.estimated.set(cfg.estimate_bytes)
     if topo.distributed:
         init_process_group(topo, device.type, cfg.ddp_timeout_seconds)
+    summary.attempt = cfg.attempt
+    summary.save_dir = str(resume.attempt_dir(cfg.project, cfg.name, cfg.attempt))
     try:
-        trainer = YolofitTrainer(run, ultralytics_overrides(cfg, topo, device))
+        if device.type == "cuda":
+            torch.cuda.set_device(device)  # the broadcast below runs on this rank's GPU
+        point = resume.share(
+            resume.find(cfg.project, cfg.name, cfg.attempt) if topo.rank == 0 else None,
+            topo.rank,
+            topo.world_size,
+        )
+        if point is not None:
+            summary.resumed_from = str(resume.attempt_dir(cfg.project, cfg.name, point.attempt)
+                                       / "weights" / "last.pt")
+            summary.start_epoch = summary.epochs_done = point.start_epoch
+        if point is not None and point.finished:
+            summary.epochs_done = cfg.epochs
+            summary.message = (f"attempt {point.attempt} already trained every epoch "
+                               f"({summary.resumed_from}); nothing to resume")
+            print(f"yolofit train: {summary.message}")
+            return run
+        overrides = ultralytics_overrides(cfg, topo, device, point.path if point else None)
+        trainer = YolofitTrainer(run, overrides)
         for event in ("on_train_start", "on_train_epoch_start", "on_train_batch_end",
-                      "on_train_epoch_end"):
+                      "on_train_epoch_end", "on_fit_epoch_end"):
             trainer.add_callback(event, getattr(run, event))
         try:
             trainer.train()
@@ -386,5 +447,7 @@ def _fill(summary: Summary, run: RunState) -> None:
     summary.device_total_bytes = peaks.device_total_bytes
     summary.steps = run.steps
     summary.images_per_second = run.images_per_second
+    if run.steps or run.epochs_done:  # training started: its own epoch count
+        summary.start_epoch, summary.epochs_done = run.start_epoch, run.epochs_done
     if run.metrics:
         run.metrics.set_memory(peaks)
