@@ -14,7 +14,7 @@ from typing import Any
 
 from yolofit.operator import gang, ownership
 from yolofit.operator.api import Plan
-from yolofit.operator.kube import Kube
+from yolofit.operator.kube import ApiError, Kube
 from yolofit.operator.launch import GANG_GATE
 from yolofit.operator.state import Key, World
 
@@ -124,8 +124,16 @@ class GangShell:
             return None
         now = time.monotonic()
         if fresh or self._usage is None or now - self._usage[0] > USAGE_TTL:
-            listing = await self.api.get("/api/v1/pods", query=BOUND) or {}
-            self._usage = (now, gang.used_by_node(listing.get("items") or []))
+            try:
+                listing = await self.api.get("/api/v1/pods", query=BOUND) or {}
+                pods = listing.get("items") or []
+            except ApiError as exc:
+                if exc.status != 403:
+                    raise
+                # Served namespaces only (the chart's namespaced RBAC): what we can see is
+                # our own pods; other workloads on the class's nodes are the scheduler's call.
+                pods = [p for named in list(self.world.pods.values()) for p in named.values()]
+            self._usage = (now, gang.used_by_node(pods))
         return gang.free_gpus(info, self.world.nodes, self._usage[1])
 
 
