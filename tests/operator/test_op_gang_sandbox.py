@@ -293,4 +293,9 @@ def test_kill_9_mid_launch_leaves_no_partial_state(operator: Any, kubectl: Any, 
     assert len(kube.list_namespaced_pod(namespace).items) == 4
     assert len(kube.list_namespaced_service(namespace).items) == 1
     finish_all(kube, namespace, "crash")
-    wait_for(phase_is(kubectl, namespace, "crash", "Succeeded"), 30, what="job Succeeded")
+    try:
+        wait_for(phase_is(kubectl, namespace, "crash", "Succeeded"), 60, what="job Succeeded")
+    except AssertionError:
+        print(json.dumps(get_job(kubectl, namespace, "crash").get("status"), indent=1)[:3000])
+        print(operator.log_tail(60))
+        raise
