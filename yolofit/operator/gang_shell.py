@@ -16,6 +16,7 @@ from yolofit.operator import gang, ownership
 from yolofit.operator.api import Plan
 from yolofit.operator.kube import ApiError, Kube
 from yolofit.operator.launch import GANG_GATE
+from yolofit.operator.sharing.mig import whole_gpu_nodes
 from yolofit.operator.state import Key, World
 
 USAGE_TTL = 1.0  # seconds a listing of bound pods' GPUs is reused for messages
@@ -94,8 +95,9 @@ class GangShell:
             return await self._unschedulable(plan, list(pods.values()))
         async with self.world.placement_lock:
             free = await self._free(plan.gpu_class, fresh=True)
-            if free is None:
-                return None  # the class left the fleet: the reconciler reports that
+            if free is None:  # not countable here: the scheduler alone decides
+                await ungate(key, gated)
+                return None
             ahead = gang.unbound_gangs(self._pods_by_job(), plan.gpu_class,
                                        exclude=f"{key[0]}/{key[1]}")
             demand = gang.Demand(len(gated), plan.gpus_per_node, key[1])
@@ -111,7 +113,8 @@ class GangShell:
         if said is None:
             return None
         free = await self._free(plan.gpu_class)
-        short = gang.check(gang.Demand(plan.nodes, plan.gpus_per_node), free or {})
+        short = None if free is None else gang.check(
+            gang.Demand(plan.nodes, plan.gpus_per_node), free)
         return gang.queued_message(plan, short or f"the scheduler says: {said}")
 
     def _pods_by_job(self) -> dict[str, list[dict[str, Any]]]:
@@ -120,8 +123,8 @@ class GangShell:
 
     async def _free(self, gpu_class: str, fresh: bool = False) -> dict[str, int] | None:
         info = self.world.classes.get(gpu_class)
-        if info is None:
-            return None
+        if info is None or info.sharing.backend != "device-plugin":
+            return None  # gone, or GPUs shared/sliced (MIG, DRA, HAMi, KAI): not whole GPUs
         now = time.monotonic()
         if fresh or self._usage is None or now - self._usage[0] > USAGE_TTL:
             try:
@@ -134,7 +137,8 @@ class GangShell:
                 # our own pods; other workloads on the class's nodes are the scheduler's call.
                 pods = [p for named in list(self.world.pods.values()) for p in named.values()]
             self._usage = (now, gang.used_by_node(pods))
-        return gang.free_gpus(info, self.world.nodes, self._usage[1])
+        # All-MIG nodes carry the product label but no whole nvidia.com/gpu to give.
+        return gang.free_gpus(info, whole_gpu_nodes(self.world.nodes), self._usage[1])
 
 
 def _gates(pod: dict[str, Any]) -> list[str]:
