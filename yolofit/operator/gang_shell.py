@@ -92,6 +92,8 @@ class GangShell:
         if self.uses_groups(plan) or not gated or plan.nodes == 1:
             if gated:  # a single pod, or pods made before the cluster served PodGroups
                 await ungate(key, gated)
+            if plan.nodes == 1:
+                return None  # not a gang: status.py reports the scheduler's reason
             return await self._unschedulable(plan, list(pods.values()))
         async with self.world.placement_lock:
             free = await self._free(plan.gpu_class, fresh=True)
