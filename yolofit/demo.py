@@ -101,6 +101,21 @@ def admit_samples(k: Kubectl) -> None:
     k("get", "ytj", "-A")
 
 
+def show_gang(k: Kubectl) -> None:
+    """yolo26l-hires (2 pods x 8 GPUs, pinned to a100-80gb by its spec, so it cannot move to
+    another class) does not fit whole while yolov8x-dense holds one of the two A100 nodes:
+    it waits Queued with what is short, and no pod of it holds a GPU (no partial gang)."""
+    def queued() -> Any:
+        job = k.json("get", "ytj", "yolo26l-hires", "-n", "team-b")
+        return job if job.get("status", {}).get("phase") == "Queued" else None
+
+    job = wait_for(queued, 120, what="yolo26l-hires to wait for room as a whole gang")
+    print(f"yolo26l-hires: {job['status']['message']}")
+    k("get", "pods", "-n", "team-b", "-l", "yolofit.io/job=yolo26l-hires", "-o",
+      "custom-columns=POD:.metadata.name,NODE:.spec.nodeName,GROUP:.spec.schedulingGroup."
+      "podGroupName,PHASE:.status.phase")
+
+
 def show_rejection(k: Kubectl) -> None:
     say("4/5  A job that cannot fit is refused at apply time, with what would fit")
     if k.run("apply", "-f", str(EXAMPLES / "rejected-job.yaml")).returncode == 0:
@@ -172,6 +187,7 @@ def main() -> int:
     op = start_operator(k, kubeconfig)
     try:
         admit_samples(k)
+        show_gang(k)
         show_rejection(k)
         train_tiny(k, kubeconfig)
     finally:

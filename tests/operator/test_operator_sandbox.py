@@ -171,22 +171,6 @@ def test_quota_queues_and_releases(operator: Any, kubectl: Any, kube: Any, names
     assert "Queued" in reasons and "Admitted" in reasons
 
 
-def test_kill_9_mid_launch_then_restart(operator: Any, kubectl: Any, kube: Any,
-                                        namespace: str) -> None:
-    apply(kubectl, job_yaml("crash", namespace, nodes=4, per_node=1))
-    wait_for(lambda: pods_of(kube, namespace, "crash"), 20, what="the first pod")
-    operator.kill()
-    before = {p.metadata.name: p.metadata.uid for p in pods_of(kube, namespace, "crash")}
-    operator.start()
-    pods = wait_for(running_pods(kube, namespace, "crash", 4), 60, what="4 running pods")
-    assert [p.metadata.name for p in pods] == [f"crash-worker-{i}" for i in range(4)]
-    for p in pods:  # the pods made before the kill were kept, not replaced
-        assert before.get(p.metadata.name, p.metadata.uid) == p.metadata.uid
-    assert len(kube.list_namespaced_pod(namespace).items) == 4
-    finish_all(kube, namespace, "crash")
-    wait_for(phase_is(kubectl, namespace, "crash", "Succeeded"), 30, what="job Succeeded")
-
-
 def test_deleting_a_job_removes_its_children(operator: Any, kubectl: Any, kube: Any,
                                              namespace: str) -> None:
     apply(kubectl, job_yaml("gone", namespace))

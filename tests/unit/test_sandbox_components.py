@@ -34,6 +34,19 @@ def test_apiserver_flags(tmp_path: Path) -> None:
         assert Path(flags[key]).is_file(), key
 
 
+def test_gang_scheduling_is_on_in_every_component(tmp_path: Path) -> None:
+    """PodGroup (scheduling.k8s.io/v1beta1) and the scheduler's gang plugin need the
+    GenericWorkload gate on the apiserver, scheduler and controller-manager, and the beta
+    group version served."""
+    pki = write_pki(tmp_path, "https://127.0.0.1:3")
+    for build in (components.apiserver_argv, components.scheduler_argv,
+                  components.controller_manager_argv):
+        flags = dict(a.split("=", 1) for a in build(Path("/bin/x"), pki, PORTS)[1:])
+        assert "GenericWorkload=true" in flags["--feature-gates"].split(","), build.__name__
+    api = dict(a.split("=", 1) for a in components.apiserver_argv(Path("/x"), pki, PORTS)[1:])
+    assert api["--runtime-config"] == "scheduling.k8s.io/v1beta1=true"
+
+
 def test_kubeconfigs_embed_credentials_and_point_at_the_server(tmp_path: Path) -> None:
     pki = write_pki(tmp_path, "https://127.0.0.1:3")
     config = yaml.safe_load(pki.kubeconfig("kube-scheduler").read_text())

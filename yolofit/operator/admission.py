@@ -66,11 +66,30 @@ def to_api_plan(p: planner.Plan, spec: YOLOTrainingJobSpec, margin: float) -> Pl
         margin=margin, breakdown=dict(p.breakdown), reason=p.reason, profile=p.profile_id)
 
 
+# A Service name (DNS-1035 label). Job names are refused, not mapped: the job's Service,
+# pods and PodGroup carry its name, so `kubectl get pods -l yolofit.io/job=<name>` and the
+# DDP rendezvous address stay what a user expects.
+SERVICE_NAME = re.compile(r"[a-z]([-a-z0-9]*[a-z0-9])?")
+
+
+def suggest_name(name: str) -> str:
+    """A valid name close to `name` (for the refusal message only)."""
+    fixed = re.sub(r"[^a-z0-9-]+", "-", name.lower()).strip("-")
+    if not fixed or not fixed[0].isalpha():
+        fixed = "job-" + fixed
+    return fixed[:MAX_JOB_NAME].rstrip("-")
+
+
 def static_errors(name: str, namespace: str, spec: YOLOTrainingJobSpec,
                   policy: GPUCapacityPolicySpec, classes: Mapping[str, ClassInfo]) -> list[str]:
     """Everything that can be refused without a profile."""
     errors = ultralytics_args.validate(spec.args)
     errors += pod_rules.errors(spec, policy, namespace)
+    if name and not SERVICE_NAME.fullmatch(name):
+        errors.append(f"metadata.name: {name!r} cannot name the job's headless Service and its "
+                      f"pods' DNS subdomain: it must be a DNS-1035 label (lowercase letters, "
+                      f"digits and '-', starting with a letter and ending with a letter or "
+                      f"digit); try {suggest_name(name)!r}")
     if len(name) > MAX_JOB_NAME:
         errors.append(f"metadata.name: at most {MAX_JOB_NAME} characters (pods are named "
                       f"<name>-worker-<i>), got {len(name)}")

@@ -101,7 +101,8 @@ async def serve(settings: Any, stop_flag: asyncio.Event | None = None) -> None:
         await kopf.operator(
             registry=op.registry, clusterwide=not settings.namespaces,
             namespaces=settings.namespaces or (), standalone=not settings.peering,
-            peering_name=settings.peering, ready_flag=ready, stop_flag=stop_flag)
+            peering_name=settings.peering, ready_flag=ready, stop_flag=stop_flag,
+            identity=op.identity)  # type: ignore[arg-type]  # kopf's Identity is a NewType of str
     finally:
         if health is not None:
             await health.cleanup()

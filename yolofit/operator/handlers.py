@@ -1,7 +1,9 @@
 """kopf wiring: watches feed the in-memory World and trigger reconcile passes; startup
 primes the World with LISTs (so a restarted operator knows every admitted job before it
-admits another); background loops retry Queued/Profiling jobs, resync everything, refresh
-the fleet and publish gauges. No decisions here: see reconcile.py and the pure modules.
+admits another); background loops retry Queued/Profiling jobs, resync everything, re-list
+(pruning what was deleted unseen), refresh the fleet and publish gauges. With peering, the
+loops act only while this replica leads (leadership.py), and a new leader re-lists first.
+No decisions here: see reconcile.py and the pure modules.
 """
 
 from __future__ import annotations
@@ -10,6 +12,8 @@ import asyncio
 import hashlib
 import logging
 import os
+import secrets
+import socket
 from collections import Counter
 from typing import Any, cast
 
@@ -21,7 +25,9 @@ from yolofit.operator import (
     feedback,
     kube,
     kueue,
+    leadership,
     metrics,
+    ownership,
     webhook_config,
     webhooks,
 )
@@ -34,7 +40,9 @@ from yolofit.operator.profiling import Profiler
 from yolofit.operator.reconcile import Reconciler
 from yolofit.operator.settings import OperatorSettings
 from yolofit.operator.sharing.report import memory_samples
-from yolofit.operator.state import Key, World
+from yolofit.operator.state import Key, World, merge_listing
+from yolofit.operator.state import rv as _rv
+from yolofit.operator.state import uid as _uid
 
 log = logging.getLogger("yolofit.operator")
 JOBS = (GROUP, VERSION, "yolotrainingjobs")
@@ -55,6 +63,12 @@ class Operator:
         self.admission: admission_server.AdmissionServer | None = None
         self._raw_policy: GPUCapacityPolicySpec | None = None
         self._published: tuple[Any, ...] = ()
+        # kopf's peering identity, ours to pass (so that we can tell our entry from others').
+        self.identity = (f"{os.environ.get('POD_NAME') or socket.gethostname()}/"
+                         f"{os.getpid()}/{secrets.token_hex(3)}")
+        self.priority = 0
+        self.leading = not settings.peering  # standalone: always
+        self._relist_lock = asyncio.Lock()
         self._register()
 
     # --- wiring -----------------------------------------------------------------------------
@@ -71,6 +85,8 @@ class Operator:
         kopf.on.event(*POLICIES, registry=r)(cast(Any, self._on_policy))
         # Kueue's Workloads, where Kueue is installed (kopf waits for the CRD otherwise).
         kopf.on.event(*kueue.WORKLOADS, registry=r)(cast(Any, self._on_workload))
+        kopf.on.event("v1", "services", labels={JOB_LABEL: kopf.PRESENT},
+                      registry=r)(cast(Any, self._on_service))
 
     async def _startup(self, settings: kopf.OperatorSettings, **_: Any) -> None:
         s = self.settings
@@ -82,6 +98,8 @@ class Operator:
             # kopf keeps every replica of equal priority active; give each its own.
             settings.peering.priority = (s.peering_priority if s.peering_priority is not None
                                          else peering_priority(os.environ.get("POD_NAME", "")))
+            settings.peering.lifetime = s.peering_lifetime
+            self.priority = settings.peering.priority
         else:
             settings.peering.standalone = True
         self.api = kube.Kube(kube.load_config(s.kubeconfig), s.api_workers)
@@ -91,15 +109,22 @@ class Operator:
         self.reconciler.settings_ns = s.operator_namespace
         self.reconciler.monitoring_namespace = s.monitoring_namespace
         self.reconciler.settings_cm = s.margins_configmap
+        if s.gang_scheduling == "auto":
+            await self.reconciler.gangs.discover()
+        log.info("gang placement: %s", "PodGroup (scheduling.k8s.io/v1beta1)"
+                 if self.world.pod_groups else "scheduling gates + placement check")
         await self._prime()
         if s.install_webhooks:
             await self._start_admission()
         loop = asyncio.get_running_loop()
         self.tasks = [loop.create_task(self._every(s.queue_interval, self._retry_waiting)),
                       loop.create_task(self._every(s.resync_interval, self._resync)),
+                      loop.create_task(self._every(s.relist_interval, self._relist)),
                       loop.create_task(self._every(s.fleet_interval, self._refresh_fleet)),
                       loop.create_task(self._every(5.0, self._gauges)),
                       loop.create_task(self._every(1.0, self._publish_if_changed))]
+        if s.peering:
+            self.tasks.append(loop.create_task(self._every(1.0, self._lead)))
         self.world.ready = True
 
     # --- admission --------------------------------------------------------------------------
@@ -177,27 +202,100 @@ class Operator:
     # --- priming & loops --------------------------------------------------------------------
 
     async def _prime(self) -> None:
-        assert self.api is not None
-        s, w = self.settings, self.world
-        namespaces = s.namespaces or [""]
-        for ns in namespaces:
-            jobs = await self.api.get(f"/apis/{GROUP}/{VERSION}/" + (
-                f"namespaces/{ns}/" if ns else "") + kube.JOBS) or {"items": []}
-            for item in jobs["items"]:
-                item.setdefault("apiVersion", f"{GROUP}/{VERSION}")
-                item.setdefault("kind", "YOLOTrainingJob")
-                w.jobs[(item["metadata"]["namespace"], item["metadata"]["name"])] = item
-            pods = await self.api.get("/api/v1/" + (f"namespaces/{ns}/" if ns else "") + "pods",
-                                      query=[("labelSelector", JOB_LABEL)]) or {"items": []}
-            for pod in pods["items"]:
-                self._store_pod(pod)
-            svcs = await self.api.get("/api/v1/" + (f"namespaces/{ns}/" if ns else "") +
-                                      "services", query=[("labelSelector", JOB_LABEL)]) or {
-                                          "items": []}
-            for svc in svcs["items"]:
-                w.services.add((svc["metadata"]["namespace"], svc["metadata"]["name"]))
+        await self._relist()
+        for ns in self.settings.namespaces or [""]:
             await self._prime_workloads(ns)
         await self._refresh_fleet()
+
+    async def _list(self, path: str, query: list[tuple[str, str]] | None = None
+                    ) -> tuple[list[dict[str, Any]], int]:
+        """All items of every served namespace, and the smallest list resourceVersion."""
+        assert self.api is not None
+        items: list[dict[str, Any]] = []
+        rvs: list[int] = []
+        for ns in self.settings.namespaces or [""]:
+            base, _, rest = path.partition("{ns}")
+            got = await self.api.get(base + (f"namespaces/{ns}/" if ns else "") + rest,
+                                     query=query) or {"items": []}
+            items.extend(got.get("items") or [])
+            try:
+                rvs.append(int(got.get("metadata", {}).get("resourceVersion", 0)))
+            except ValueError:
+                rvs.append(0)
+        return items, min(rvs, default=0)
+
+    async def _relist(self) -> None:
+        """LIST jobs, pods and Services and converge the cache with them: what the apiserver
+        no longer has is pruned (its quota freed), what changed unseen is refreshed. The
+        safety net for watch gaps (410 re-lists, a paused standby, a restart)."""
+        if not self.leading and self.world.ready:
+            return
+        async with self._relist_lock:
+            await self._relist_now()
+
+    async def _relist_now(self) -> None:
+        w = self.world
+        jobs, jobs_rv = await self._list(f"/apis/{GROUP}/{VERSION}/{{ns}}" + kube.JOBS)
+        pods, pods_rv = await self._list("/api/v1/{ns}pods", [("labelSelector", JOB_LABEL)])
+        svcs, svcs_rv = await self._list("/api/v1/{ns}services",
+                                         [("labelSelector", JOB_LABEL)])
+        listed: dict[Any, dict[str, Any]] = {}
+        for item in jobs:
+            item.setdefault("apiVersion", f"{GROUP}/{VERSION}")
+            item.setdefault("kind", "YOLOTrainingJob")
+            listed[(item["metadata"]["namespace"], item["metadata"]["name"])] = item
+        merged, pruned = merge_listing(w.jobs, listed, jobs_rv, w.deleted)
+        for key in pruned:
+            old = w.jobs.get(key)
+            if old is not None:
+                log.info("re-list: job %s/%s is gone; pruned, its quota freed", *key)
+                w.forget(key, _uid(old))
+        for key, body in merged.items():
+            w.put_job(key, body)
+        for key in [k for k in w.finished if k not in listed]:
+            del w.finished[key]  # a finished job deleted unseen
+        # Pods and Services, keyed by their own names.
+        cached_pods = {(k[0], n): p for k, named in w.pods.items() for n, p in named.items()}
+        by_name = {(p["metadata"]["namespace"], p["metadata"]["name"]): p for p in pods}
+        merged_pods, gone = merge_listing(cached_pods, by_name, pods_rv)
+        w.pods.clear()
+        for pod in merged_pods.values():
+            self._store_pod(pod)
+        cached_svcs = {(k[0], launch_name(s)): s for k, s in w.services.items()}
+        by_svc = {(s["metadata"]["namespace"], s["metadata"]["name"]): s for s in svcs}
+        merged_svcs, _ = merge_listing(cached_svcs, by_svc, svcs_rv)
+        w.services.clear()
+        for svc in merged_svcs.values():
+            self._store_service(svc)
+        if gone or pruned:
+            log.info("re-list: pruned %d jobs and %d pods the apiserver no longer has",
+                     len(pruned), len(gone))
+        if self.reconciler is not None:
+            self.reconciler.gangs.forget()
+
+    async def _lead(self) -> None:
+        """Follow kopf's peering: act only while leading; a new leader settles, re-lists,
+        then goes through every live job."""
+        assert self.api is not None
+        s = self.settings
+        ns = s.namespaces[0] if s.namespaces else None
+        peering = await self.api.get(leadership.peering_path(s.peering or "", ns))
+        now_leading = leadership.leading((peering or {}).get("status"), self.identity,
+                                         self.priority)
+        if now_leading and not self.leading:
+            await asyncio.sleep(leadership.SETTLE_SECONDS)
+            peering = await self.api.get(leadership.peering_path(s.peering or "", ns))
+            if not leadership.leading((peering or {}).get("status"), self.identity,
+                                      self.priority):
+                return
+            log.info("peering: this replica leads now; re-listing before acting")
+            async with self._relist_lock:
+                await self._relist_now()
+            self.leading = True
+            await self._resync()
+        elif not now_leading and self.leading:
+            log.info("peering: another replica leads; standing by")
+            self.leading = False
 
     async def _every(self, seconds: float, fn: Any) -> None:
         while True:
@@ -248,21 +346,27 @@ class Operator:
                                    {"status": status})
 
     async def _retry_waiting(self) -> None:
-        """Queued and Profiling jobs, oldest first (the queue is FIFO per namespace)."""
-        waiting = sorted(((b["metadata"].get("creationTimestamp", ""), k)
-                          for k, b in list(self.world.jobs.items())
-                          if (b.get("status") or {}).get("phase") in ("Queued", "Profiling")))
+        """Queued and Profiling jobs, oldest first (the queue is FIFO per namespace): only
+        the waiting index is walked, not every job."""
+        if not self.leading:
+            return
+        w = self.world
+        waiting = sorted((w.jobs[k]["metadata"].get("creationTimestamp", ""), k)
+                          for k in list(w.waiting) if k in w.jobs)
         for _, key in waiting:
             await self._reconcile(key)
 
     async def _resync(self) -> None:
-        for key, body in list(self.world.jobs.items()):
-            if (body.get("status") or {}).get("phase") not in TERMINAL_PHASES:
-                await self._reconcile(key)
+        if not self.leading:
+            return
+        for key in list(self.world.jobs):  # live jobs only: finished ones left memory
+            await self._reconcile(key)
 
     async def _gauges(self) -> None:
         phases: Counter[tuple[str, str]] = Counter()
         gpus: Counter[tuple[str, str]] = Counter()
+        for (ns, _), (_, phase) in self.world.finished.items():
+            phases[(phase, ns)] += 1
         for (ns, _), body in self.world.jobs.items():
             st = body.get("status") or {}
             phases[(st.get("phase") or "Pending", ns)] += 1
@@ -284,6 +388,8 @@ class Operator:
 
     async def _reconcile(self, key: Key) -> None:
         assert self.reconciler is not None
+        if not self.leading:  # a standby only keeps its cache
+            return
         released = len(self.world.reserved)
         try:
             await self.reconciler.reconcile(key)
@@ -304,17 +410,16 @@ class Operator:
         if not self._served(key[0]):
             return
         if event.get("type") == "DELETED":
-            self.world.jobs.pop(key, None)
-            self.world.release(meta.get("uid", ""))
-            self.world.services.discard(key)
-            self.world.pods.pop(key, None)
-            self.world.locks.pop(key, None)
+            self.world.forget(key, meta.get("uid", ""))
+            if self.leading:  # quota freed: admit what waits for it now
+                asyncio.get_running_loop().create_task(self._retry_waiting())
             return
         cached = self.world.jobs.get(key)
         if cached is not None and _rv(cached) > _rv(obj) and _uid(cached) == _uid(obj):
             return  # our own newer write is already cached
-        self.world.jobs[key] = dict(obj)
-        await self._reconcile(key)
+        self.world.put_job(key, dict(obj))
+        if self.leading and key in self.world.jobs:
+            await self._reconcile(key)
 
     def _store_pod(self, pod: dict[str, Any]) -> Key | None:
         meta = pod.get("metadata", {})
@@ -322,8 +427,36 @@ class Operator:
         if not job:
             return None
         key = (meta.get("namespace", ""), job)
+        owner = ownership.controller(pod)
+        if owner is not None and self.world.finished_uid(key, str(owner.get("uid", ""))):
+            return None  # a finished job's pod: not kept in memory
         self.world.pods[key][meta["name"]] = pod
         return key
+
+    def _store_service(self, svc: dict[str, Any]) -> Key | None:
+        meta = svc.get("metadata", {})
+        job = (meta.get("labels") or {}).get(JOB_LABEL)
+        if not job or meta.get("name") != job:
+            return None
+        key = (meta.get("namespace", ""), job)
+        self.world.services[key] = svc
+        return key
+
+    async def _on_service(self, event: dict[str, Any], **_: Any) -> None:
+        """Services are watched: one deleted out of band is recreated by the next pass."""
+        svc = event.get("object") or {}
+        meta = svc.get("metadata", {})
+        if not self._served(meta.get("namespace")):
+            return
+        key = (meta.get("namespace", ""), (meta.get("labels") or {}).get(JOB_LABEL, ""))
+        if event.get("type") == "DELETED":
+            current = self.world.services.get(key)
+            if current is not None and _uid(current) in ("", _uid(svc)):
+                del self.world.services[key]
+        elif self._store_service(svc) is None:
+            return
+        if key in self.world.jobs and self.leading:
+            await self._reconcile(key)
 
     async def _on_pod(self, event: dict[str, Any], **_: Any) -> None:
         pod = event.get("object") or {}
@@ -336,12 +469,14 @@ class Operator:
             current = self.world.pods.get(key, {}).get(meta.get("name", ""))
             if current is not None and _uid(current) in ("", _uid(pod)):
                 del self.world.pods[key][meta["name"]]
+                if not self.world.pods[key]:
+                    del self.world.pods[key]
         else:
             stored = self._store_pod(pod)
             if stored is None:
                 return
             key = stored
-        if key in self.world.jobs:
+        if key in self.world.jobs and self.leading:
             await self._reconcile(key)
 
     async def _prime_workloads(self, ns: str) -> None:
@@ -392,17 +527,6 @@ def _login(**kwargs: Any) -> kopf.ConnectionInfo | None:
     return kopf.login_with_service_account(**kwargs) or kopf.login_with_kubeconfig(**kwargs)
 
 
-def _rv(obj: dict[str, Any]) -> int:
-    try:
-        return int(obj.get("metadata", {}).get("resourceVersion", 0))
-    except ValueError:
-        return 0
-
-
-def _uid(obj: dict[str, Any]) -> str:
-    return str(obj.get("metadata", {}).get("uid", ""))
-
-
 def _post_event(body: dict[str, Any], type_: str, reason: str, message: str) -> None:
     try:
         kopf.event(cast(Any, body), type=type_, reason=reason, message=message[:1000])
@@ -415,3 +539,7 @@ def peering_priority(pod_name: str) -> int:
     if not pod_name:
         return 0
     return int.from_bytes(hashlib.sha256(pod_name.encode()).digest()[:3], "big") + 1
+
+
+def launch_name(svc: dict[str, Any]) -> str:
+    return str(svc.get("metadata", {}).get("name", ""))

@@ -45,7 +45,10 @@ WORKLOAD_RULES: list[dict[str, Any]] = [
     # NetworkPolicy per job; one trainer ServiceAccount per namespace (no token mounted).
     {"apiGroups": [""], "resources": ["pods"],
      "verbs": ["get", "list", "watch", "create", "patch", "delete"]},
-    {"apiGroups": [""], "resources": ["services"], "verbs": ["get", "list", "create"]},
+    # Services are watched: one deleted out of band is recreated.
+    {"apiGroups": [""], "resources": ["services"], "verbs": ["get", "list", "watch", "create"]},
+    # Gang scheduling (KEP-4671): one PodGroup per multi-pod job, where the API is served.
+    {"apiGroups": ["scheduling.k8s.io"], "resources": ["podgroups"], "verbs": ["get", "create"]},
     {"apiGroups": ["networking.k8s.io"], "resources": ["networkpolicies"],
      "verbs": ["get", "create"]},
     {"apiGroups": [""], "resources": ["serviceaccounts"], "verbs": ["get", "create"]},

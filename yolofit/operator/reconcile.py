@@ -17,6 +17,7 @@ from typing import Any
 
 from yolofit.operator import (
     admission,
+    children,
     feedback,
     isolation,
     kube,
@@ -33,6 +34,7 @@ from yolofit.operator.api import (
     YOLOTrainingJob,
     YOLOTrainingJobStatus,
 )
+from yolofit.operator.gang_shell import GangShell
 from yolofit.operator.kube import Kube
 from yolofit.operator.kueue import KueueHook, queue_name
 from yolofit.operator.sharing import apply as sharing
@@ -61,6 +63,7 @@ class Reconciler:
         # time: the job's lock), so the pass writes again only what changed since.
         self.written: dict[Key, YOLOTrainingJobStatus] = {}
         self.kueue = KueueHook()  # Workloads of Kueue-managed jobs (kueue.py)
+        self.gangs = GangShell(world, api)  # all-or-nothing placement (gang.py)
 
     async def reconcile(self, key: Key) -> None:
         async with self.world.lock(key):
@@ -85,11 +88,12 @@ class Reconciler:
         finally:
             # Kueue's admission is the go signal: the job shows its Workload's state.
             self.kueue.settle(st, body, self.world.policy, gen, now())
+            pods = self.world.pods_of(key)  # (a finished job leaves the cache when written)
             if st != self.written.pop(key, None):
                 await self._write_status(key, body, st)
             if st.phase in TERMINAL_PHASES:
                 self.world.release(uid)
-                await self.kueue.finish(self.api, key[0], st.phase, self.world.pods.get(key, {}))
+                await self.kueue.finish(self.api, key[0], st.phase, pods)
 
     async def _steps(self, key: Key, body: dict[str, Any], job: YOLOTrainingJob,
                      st: YOLOTrainingJobStatus, gen: int) -> None:
@@ -105,7 +109,7 @@ class Reconciler:
         # 2. Quota: admitted at most once; a job over its namespace's GPUs waits Queued.
         # Kueue-managed jobs skip yolofit's quota: Kueue admits them (kueue.py).
         queue = queue_name(self.world.policy, key[0], body)
-        if queue is None and not st.admitted and self.world.pods.get(key):
+        if queue is None and not st.admitted and self.world.pods_of(key):
             st.admitted = True  # pods exist only after admission: a restart lost the write
         if queue is None and not st.admitted:
             if not await self._admit(key, body, plan, st, gen):
@@ -118,7 +122,7 @@ class Reconciler:
         plan = st.plan or plan
         st.plan = plan
         if queue is not None and (why := self.kueue.evicted(st, queue, body)):
-            await self.kueue.restart(self.api, self.event, self.world.pods.get(key, {}), body,
+            await self.kueue.restart(self.api, self.event, self.world.pods_of(key), body,
                                      st, why, gen, t)
         # 3. Launch the current attempt (deleting pods of an earlier one first).
         current = await self._launch(key, body, job, plan, st, gen, t)
@@ -153,13 +157,13 @@ class Reconciler:
                       st: YOLOTrainingJobStatus, gen: int, t: str) -> list[PodView] | None:
         """Ensure the Service and this attempt's pods; the pods once all exist, else None."""
         ns, name = key
-        views = [pod_view(p) for p in self.world.pods.get(key, {}).values()]
+        views = [pod_view(p) for p in self.world.pods_of(key).values()]
         stale = [v for v in views if v.attempt != st.attempt]
         for v in stale:
             if not v.deleting:
                 await self.api.delete(kube.pods_path(ns, v.name))
         if stale:
-            await self.kueue.release_superseded(self.api, ns, self.world.pods.get(key, {}),
+            await self.kueue.release_superseded(self.api, ns, self.world.pods_of(key),
                                                 st.attempt)
             st.message = f"waiting for {len(stale)} pods of attempt {st.attempt - 1} to go"
             return None
@@ -168,24 +172,18 @@ class Reconciler:
             st.message = (f"GPU class {plan.gpu_class} is not in the fleet (no node matches it);"
                           f" waiting for it")
             return None
-        if key not in self.world.services:
-            await self.api.create(kube.services_path(ns), launch.build_service(body))
-            await self.api.create(kube.network_policies_path(ns), isolation.network_policy(
-                body, self.monitoring_namespace, self.metrics_port))
-            self.world.services.add(key)
         outputs = self._storage(body, job)
         storage.note(st, outputs, job.spec, name, gen, t)
+        blocked = await self._children_blocked(key, body, plan, st, gen, t)
+        if blocked is not None:
+            st.message = blocked
+            return None
         if len(current) < plan.nodes:
             await storage.ensure_claim(self.api, outputs)
         created = await self._ensure_pods(key, body, job, plan, st, {v.name for v in current},
                                           outputs)
         if created:
-            self.event(body, "Normal", "Launched", f"created {plan.nodes} pods and the "
-                       f"headless Service {launch.service_name(name)}; outputs on "
-                       f"{outputs.description} under "
-                       f"{storage.attempt_path(job.spec.output_dir, name, st.attempt)}")
-            if outputs.ephemeral:
-                self.event(body, "Warning", "EphemeralOutputs", storage.EPHEMERAL_MESSAGE)
+            self._launched(body, job, plan, st, outputs)
         if not st.start_time and (created or current):
             st.start_time = t
         st.workers = launch.desired_pod_names(name, plan)
@@ -195,8 +193,15 @@ class Reconciler:
             st.conditions = set_condition(st.conditions, "PodsReady", "False", "WaitingForPods",
                                           st.message, gen, t)
             return None
-        await self._ungate(key, [v for v in current if v.gated])
-        await self.kueue.lift_plan_gate(self.api, ns, self.world.pods.get(key, {}))
+        await self.kueue.lift_plan_gate(self.api, ns, self.world.pods_of(key))
+        waiting = await self.gangs.hold(key, plan, self.world.pods_of(key), self._ungate)
+        if waiting is not None:  # the whole gang does not fit now: no pod of it is bound
+            if st.phase != "Queued":
+                self.event(body, "Normal", "GangWaiting", waiting)
+            st.phase, st.message = "Queued", waiting
+            st.conditions = set_condition(st.conditions, "PodsReady", "False",
+                                          "GangUnschedulable", waiting, gen, t)
+            return None
         return current
 
     async def _plan(self, key: Key, body: dict[str, Any], job: YOLOTrainingJob,
@@ -241,9 +246,12 @@ class Reconciler:
         uid = body["metadata"]["uid"]
         rule = pol.namespace_rule(self.world.policy, ns)
         t = now()
+        # FIFO per namespace (ordering, no backfill): a job waits while an older one of its
+        # namespace waits for quota, so a stream of small jobs cannot starve a big one.
+        ahead = self.world.older_waiting(key, body["metadata"].get("creationTimestamp", ""))
         async with self.world.quota_lock:
             used = self.world.admitted_gpus(ns, excluding=uid)
-            if pol.quota_allows(rule, used, plan.gpus):
+            if ahead is None and pol.quota_allows(rule, used, plan.gpus):
                 self.world.reserved[uid] = key
                 st.admitted = True
                 st.phase, st.message = "Admitted", f"admitted on {plan.gpu_class}"
@@ -255,6 +263,8 @@ class Reconciler:
         limit = rule.max_gpus_admitted if rule else 0
         msg = (f"namespace {ns} has {used} of {limit} GPUs admitted; this job needs "
                f"{plan.gpus}")
+        if ahead is not None:
+            msg += f"; {ahead[1]}, queued before it, is admitted first"
         if st.phase != "Queued":
             self.event(body, "Normal", "Queued", msg)
             metrics.ADMISSIONS.labels("queued", plan.gpu_class, ns).inc()
@@ -262,6 +272,36 @@ class Reconciler:
         st.conditions = set_condition(st.conditions, "Admitted", "False", "QuotaExceeded", msg,
                                       gen, t)
         return False
+
+    def _launched(self, body: dict[str, Any], job: YOLOTrainingJob, plan: Plan,
+                  st: YOLOTrainingJobStatus, outputs: storage.Storage) -> None:
+        name = body["metadata"]["name"]
+        self.event(body, "Normal", "Launched", f"created {plan.nodes} pods and the "
+                   f"headless Service {launch.service_name(name)}; outputs on "
+                   f"{outputs.description} under "
+                   f"{storage.attempt_path(job.spec.output_dir, name, st.attempt)}")
+        if outputs.ephemeral:
+            self.event(body, "Warning", "EphemeralOutputs", storage.EPHEMERAL_MESSAGE)
+
+    async def _children_blocked(self, key: Key, body: dict[str, Any], plan: Plan,
+                                st: YOLOTrainingJobStatus, gen: int, t: str) -> str | None:
+        """The job's NetworkPolicy, Service and PodGroup. Children are the job's by owner
+        UID: foreign ones are reported, never adopted. Returns why this pass cannot create
+        pods yet (Service, PodGroup or pod names taken), or None."""
+        ns, name = key
+        if key not in self.world.services:  # (once per job; AlreadyExists is fine)
+            await self.api.create(kube.network_policies_path(ns), isolation.network_policy(
+                body, self.monitoring_namespace, self.metrics_port))
+        leftovers, foreign = children.foreign_pods(self.world, key)
+        blocks = [b for b in (await children.ensure_service(self.world, self.api, key, body),
+                              await self.gangs.prepare(key, body, plan)) if b is not None]
+        children.report(body, st, [*[b.message for b in blocks if b.foreign], *(
+            [children.pods_conflict(foreign, name)] if foreign else [])], gen, t, self.event)
+        taken = {n for n in launch.desired_pod_names(name, plan) if n in leftovers + foreign}
+        if blocks or taken:
+            return blocks[0].message if blocks else (
+                f"waiting for pods {', '.join(sorted(taken))} (not this job's) to go")
+        return None
 
     async def _ensure_pods(self, key: Key, body: dict[str, Any], job: YOLOTrainingJob,
                            plan: Plan, st: YOLOTrainingJobStatus, existing: set[str],
@@ -282,32 +322,33 @@ class Reconciler:
         for rank, pod_name in enumerate(names):
             if pod_name in existing:
                 continue
-            # The pod that completes the gang needs no gate: every other one exists already
-            # (a gang of one is complete the moment it is created).
-            complete = all(n in existing for n in names if n != pod_name)
+            # Gates mode: every pod of a multi-pod gang is gated until gang.check() says
+            # the whole gang fits; PodGroup mode: the scheduler holds them (shape()).
             pod = launch.build_pod(body, job.spec, plan, rank, st.attempt, selector,
-                                   tolerations, self.metrics_port, gated=not complete,
+                                   tolerations, self.metrics_port, gated=plan.nodes > 1,
                                    outputs=outputs)
             pod = sharing.apply_pod(pod, plan, info, st.attempt)
-            pod = self.kueue.pod(pod, self.world.policy, body, plan.nodes)
+            pod = self.gangs.shape(self.kueue.pod(pod, self.world.policy, body, plan.nodes),
+                                   plan)
             result = await self.api.create(kube.pods_path(ns), pod)
-            self.world.pods[key][pod_name] = result or pod
+            if result is not None:  # 409: not taken as ours; the watch shows whose it is
+                self.world.pods[key][pod_name] = result
             existing.add(pod_name)
             created = True
         return created
 
-    async def _ungate(self, key: Key, gated: list[PodView]) -> None:
-        """All pods of the gang exist: let the scheduler place them."""
+    async def _ungate(self, key: Key, gated: list[str]) -> None:
+        """The gang may be placed: let the scheduler have its pods."""
         ns = key[0]
         pods = self.world.pods.get(key, {})
-        for v in gated:
-            pod = pods.get(v.name, {})
+        for pod_name in gated:
+            pod = pods.get(pod_name, {})
             gates = [g for g in pod.get("spec", {}).get("schedulingGates") or []
                      if g.get("name") != launch.GANG_GATE]
-            result = await self.api.merge_patch(kube.pods_path(ns, v.name),
+            result = await self.api.merge_patch(kube.pods_path(ns, pod_name),
                                                 {"spec": {"schedulingGates": gates or None}})
             if result:
-                pods[v.name] = result
+                pods[pod_name] = result
 
     async def _oom(self, key: Key, body: dict[str, Any], job: YOLOTrainingJob, plan: Plan,
                    st: YOLOTrainingJobStatus, ranks: list[Any], gen: int) -> None:
@@ -351,7 +392,7 @@ class Reconciler:
         metrics.REPLANS.labels(plan.gpu_class, ns).inc()
         self.event(body, "Warning", "OutOfMemoryReplan", st.message + f"; learned margin for "
                    f"{model} on {plan.gpu_class} is now {margin:.0%}")
-        for pod_name in list(self.world.pods.get(key, {})):
+        for pod_name in list(self.world.pods_of(key)):
             await self.api.delete(kube.pods_path(ns, pod_name))
 
     def _fail(self, body: dict[str, Any], st: YOLOTrainingJobStatus, reason: str, msg: str,
@@ -409,12 +450,15 @@ class Reconciler:
             cached = self.world.jobs.get(key)
             if cached is not None and cached["metadata"].get("uid") == result["metadata"].get(
                     "uid"):
-                self.world.jobs[key] = result
+                self.world.put_job(key, result)
         else:
             body["status"] = wire
+            if self.world.jobs.get(key) is body:
+                self.world.put_job(key, body)  # keep the queue index current
         # Mirror the admitted plan into spec.plan (printer columns); status.plan is
         # authoritative and the webhooks keep spec.plan equal to it.
         if st.plan is not None and st.admitted:
             spec_plan = (body.get("spec") or {}).get("plan")
             if spec_plan != st.plan.wire():
                 await self.api.merge_patch(kube.job_path(*key), {"spec": {"plan": st.plan.wire()}})
+

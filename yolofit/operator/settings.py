@@ -53,6 +53,14 @@ class OperatorSettings(BaseSettings):
                                   "and Profiling jobs.")
     resync_interval: float = Field(30.0, gt=0, description="Seconds between full reconciles "
                                    "of every live job (a safety net for missed events).")
+    relist_interval: float = Field(60.0, gt=0, description="Seconds between re-lists of jobs, "
+                                   "pods and Services that prune from the cache what the "
+                                   "apiserver no longer has (deletions missed in a watch gap).")
+    gang_scheduling: Literal["auto", "gates"] = Field(
+        "auto", description="How multi-pod jobs are placed all-or-nothing. auto: a PodGroup "
+        "(scheduling.k8s.io/v1beta1, kube-scheduler's gang scheduling) where the cluster "
+        "serves it, else scheduling gates lifted when a placement check says the whole gang "
+        "fits; gates: always the latter (e.g. a scheduler without the gang plugin).")
     fleet_interval: float = Field(15.0, gt=0, description="Seconds between node listings for "
                                   "fleet discovery.")
     api_workers: int = Field(32, ge=1, description="Concurrent Kubernetes API requests.")
@@ -79,4 +87,7 @@ class OperatorSettings(BaseSettings):
                                                   "rule for (also when it is deleted).")
     monitoring_namespace: str = Field("monitoring", description="Namespace whose pods may "
                                       "scrape trainer metrics (each job's NetworkPolicy).")
+    peering_lifetime: int = Field(60, ge=5, description="Seconds a replica's peering entry "
+                                  "lives without a keepalive; a standby takes over this long "
+                                  "after the leader dies.")
     log_level: Literal["DEBUG", "INFO", "WARNING"] = Field("INFO", description="Log level.")

@@ -15,6 +15,14 @@ from yolofit.sandbox.credentials import SERVICE_CLUSTER_IP_RANGE, Pki
 from yolofit.sandbox.fleet import KWOK_NODE_ANNOTATION, KWOK_NODE_ANNOTATION_VALUE
 
 NODE_LEASE_SECONDS = 600
+
+# Gang scheduling in kube-scheduler (KEP-4671): the GenericWorkload gate (beta in v1.37,
+# off by default) turns on the PodGroup API, the pods' spec.schedulingGroup and the
+# scheduler's GangScheduling plugin; the scheduling.k8s.io/v1beta1 group version (where
+# PodGroup is served) is a beta API and therefore off by default too. Every component
+# that knows the gate gets it, so they agree on which fields exist.
+FEATURE_GATES = "GenericWorkload=true"
+RUNTIME_CONFIG = "scheduling.k8s.io/v1beta1=true"
 NODE_MONITOR_GRACE_SECONDS = 900
 
 # Start order; `down` stops them in reverse.
@@ -88,6 +96,8 @@ def apiserver_argv(binary: Path, pki: Pki, ports: Ports) -> list[str]:
         # and 127.0.0.1 is not a valid endpoint address.
         "--endpoint-reconciler-type=none",
         f"--cert-dir={pki.root / 'apiserver-certs'}",
+        f"--feature-gates={FEATURE_GATES}",
+        f"--runtime-config={RUNTIME_CONFIG}",
         "--profiling=false",
         "--v=1",
     ]
@@ -106,6 +116,7 @@ def _component_serving(pki: Pki, name: str, port: int) -> list[str]:
         f"--client-ca-file={pki.ca_cert}",
         # One instance each: skip the leader-election wait at start.
         "--leader-elect=false",
+        f"--feature-gates={FEATURE_GATES}",
         "--profiling=false",
         "--v=1",
     ]
