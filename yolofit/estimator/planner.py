@@ -141,6 +141,7 @@ class Plan:
     budget_bytes: int = 0
     world_size: int = 1
     profile_id: str = ""
+    task: str = "detect"
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -153,7 +154,7 @@ class Plan:
             "usable_bytes": self.usable_bytes, "budget_bytes": self.budget_bytes,
             "utilisation": self.utilisation, "breakdown": dict(self.breakdown),
             "reason": self.reason, "ultralytics_args": dict(self.ultralytics_args),
-            "profile_id": self.profile_id,
+            "profile_id": self.profile_id, "task": self.task,
         }
 
 
@@ -351,7 +352,7 @@ def _fitted(fit: _Fit, batch: int, req: PlanRequest, amp: str, imgsz: int,
         ultralytics_args={"batch": batch * req.world_size, "nbs": req.nbs, "amp": amp != "off",
                           "imgsz": imgsz},
         budget_bytes=gpu.budget_bytes, world_size=req.world_size, profile_id=key.id,
-        reason=reason)
+        reason=reason, task=fit.profile.task)
 
 
 def _levers_text(amp: str, checkpointing: bool) -> str:
@@ -375,7 +376,8 @@ def _no_fit(fit: _Fit | None, gpu: GpuClass, req: PlanRequest, amp: str, imgsz: 
         utilisation=(est.device_total_bytes / gpu.usable_bytes) if est else 0.0,
         breakdown=est.breakdown if est else {}, reason=reason, ultralytics_args={},
         budget_bytes=gpu.budget_bytes, world_size=req.world_size,
-        profile_id=fit.profile.key.id if fit else "")
+        profile_id=fit.profile.key.id if fit else "",
+        task=fit.profile.task if fit else "detect")
 
 
 def _usable_text(gpu: GpuClass) -> str:

@@ -90,9 +90,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--nc", type=int, default=80)
     ap.add_argument("--out", type=Path, default=SHIPPED_PROFILES)
     ap.add_argument("--budget", type=float, default=None, help="stop after this many seconds")
+    ap.add_argument("--field", action="store_true",
+                    help="trace the profiles the field rows need (data/field), nothing else")
     args = ap.parse_args(argv)
-    keys = keys_for(args.models, args.imgsz, args.amp, args.optimizer,
-                    [c == "on" for c in args.checkpointing], args.nc)
+    if args.field:
+        from yolofit.estimator import field
+
+        keys = field.keys(field.load_rows())
+    else:
+        keys = keys_for(args.models, args.imgsz, args.amp, args.optimizer,
+                        [c == "on" for c in args.checkpointing], args.nc)
     profiles = precompute(keys, args.out, lambda m: print(m, file=sys.stderr, flush=True),
                           args.budget)
     print(f"{len(profiles)} profiles in {args.out} ({args.out.stat().st_size} bytes)")

@@ -12,6 +12,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from yolofit.estimator import planner
+from yolofit.estimator.identity import model_task
 from yolofit.estimator.profile import ProfileKey, ProfileMissing, ProfileStore
 from yolofit.operator import pod_rules, ultralytics_args
 from yolofit.operator import policy as pol
@@ -63,7 +64,25 @@ def to_api_plan(p: planner.Plan, spec: YOLOTrainingJobSpec, margin: float) -> Pl
         predicted_reserved_bytes=p.predicted_reserved_bytes,
         predicted_device_bytes=p.predicted_device_bytes, usable_bytes=p.usable_bytes,
         utilisation=round(p.utilisation, 4), estimate=format_bytes(p.predicted_device_bytes),
-        margin=margin, breakdown=dict(p.breakdown), reason=p.reason, profile=p.profile_id)
+        margin=margin, breakdown=dict(p.breakdown), reason=p.reason, profile=p.profile_id,
+        task=job_task(spec) or "detect")
+
+
+def job_task(spec: YOLOTrainingJobSpec) -> str | None:
+    """spec.task, else the model's own task (None: a custom checkpoint whose name says
+    nothing; it trains as what the checkpoint is)."""
+    return spec.task or model_task(spec.model)
+
+
+def task_error(spec: YOLOTrainingJobSpec) -> str | None:
+    """One line when spec.task disagrees with the model (e.g. a -cls model, task detect)."""
+    if spec.task is None:
+        return None
+    own = model_task(spec.model)
+    if own is not None and own != spec.task:
+        return (f"spec.task: {spec.model} trains task {own}, not {spec.task}; "
+                f"set task: {own} or omit it")
+    return None
 
 
 def static_errors(name: str, namespace: str, spec: YOLOTrainingJobSpec,
@@ -71,6 +90,8 @@ def static_errors(name: str, namespace: str, spec: YOLOTrainingJobSpec,
     """Everything that can be refused without a profile."""
     errors = ultralytics_args.validate(spec.args)
     errors += pod_rules.errors(spec, policy, namespace)
+    if (wrong_task := task_error(spec)) is not None:
+        errors.append(wrong_task)
     if len(name) > MAX_JOB_NAME:
         errors.append(f"metadata.name: at most {MAX_JOB_NAME} characters (pods are named "
                       f"<name>-worker-<i>), got {len(name)}")

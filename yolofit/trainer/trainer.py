@@ -1,4 +1,8 @@
-"""DDP training of an Ultralytics YOLO detection model with Ultralytics' own DetectionTrainer.
+"""DDP training of an Ultralytics YOLO model with Ultralytics' own trainer of its task.
+
+`trainer_class(task)` is the task's Ultralytics trainer (DetectionTrainer,
+SegmentationTrainer, PoseTrainer, OBBTrainer, ClassificationTrainer) with yolofit's DDP
+mixed in; `YolofitTrainer` is the detection one.
 
 Ultralytics' trainer supports DDP only as it launches it itself: one node, CUDA only, world size =
 the number of devices in `device=`, its own process group. The pods the operator launches are
@@ -20,6 +24,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import importlib
 import json
 import time
 from collections.abc import Iterator
@@ -58,6 +63,40 @@ def _dataset_dirs(data_yaml: Path) -> list[Path]:
     return dirs
 
 
+# The Ultralytics trainer of each task: (module, class).
+TASK_TRAINERS: dict[str, tuple[str, str]] = {
+    "detect": ("ultralytics.models.yolo.detect", "DetectionTrainer"),
+    "segment": ("ultralytics.models.yolo.segment", "SegmentationTrainer"),
+    "pose": ("ultralytics.models.yolo.pose", "PoseTrainer"),
+    "obb": ("ultralytics.models.yolo.obb", "OBBTrainer"),
+    "classify": ("ultralytics.models.yolo.classify", "ClassificationTrainer"),
+}
+
+
+def model_task(cfg: TrainConfig) -> str:
+    """The task to train: the plan's, else the model's own (Ultralytics' guess_model_task
+    on its YAML or checkpoint). A plan whose task disagrees with the model fails here."""
+    from ultralytics.nn.tasks import guess_model_task
+
+    model = model_argument(cfg.model)
+    guessed = None
+    with contextlib.suppress(Exception):
+        if model.endswith((".yaml", ".yml")):
+            from ultralytics.nn.tasks import yaml_model_load
+
+            guessed = guess_model_task(yaml_model_load(model))
+        else:
+            guessed = guess_model_task(model)
+    if cfg.task and guessed and guessed != cfg.task:
+        raise PlanMismatch(f"task: the plan says {cfg.task} but {cfg.model} is a "
+                           f"{guessed} model")
+    task = cfg.task or guessed or "detect"
+    if task not in TASK_TRAINERS:
+        raise PlanMismatch(f"task: {task} is not one yolofit trains "
+                           f"({', '.join(TASK_TRAINERS)})")
+    return task
+
+
 def model_argument(model: str) -> str:
     """The `model=` Ultralytics gets. A bare name such as 'yolov8s' (spec.model's short form)
     means that model's YAML, trained from scratch: Ultralytics would download yolov8s.pt."""
@@ -67,11 +106,16 @@ def model_argument(model: str) -> str:
 def check_inputs(cfg: TrainConfig) -> None:
     """Fail with a message naming the path before Ultralytics would try to download it."""
     data_yaml = Path(cfg.data)
-    if not data_yaml.is_file():
+    if data_yaml.is_dir():  # classify: a folder of train/ and val/ class folders
+        if not (data_yaml / "train").is_dir():
+            raise DataMissing(f"classification dataset {data_yaml} has no train/ folder "
+                              "(spec.data)")
+    elif not data_yaml.is_file():
         raise DataMissing(
             f"dataset YAML not found: {data_yaml} (spec.data; is its volume mounted?)"
         )
-    missing = [d for d in _dataset_dirs(data_yaml) if not d.exists()]
+    missing = [] if data_yaml.is_dir() else [d for d in _dataset_dirs(data_yaml)
+                                             if not d.exists()]
     if missing:
         raise DataMissing(f"dataset {data_yaml} names a missing path: {missing[0]}")
     model = model_argument(cfg.model)
@@ -153,8 +197,11 @@ def _cpu_ddp(device: torch.device) -> Iterator[None]:
         nn.parallel.DistributedDataParallel = original  # type: ignore[misc]
 
 
-class YolofitTrainer(DetectionTrainer):  # type: ignore[misc]
-    """DetectionTrainer whose ranks and process group come from the pod, not from `device=`."""
+class _YolofitDDP:
+    """Mixed into a task's Ultralytics trainer: ranks and process group come from the pod,
+    not from `device=`."""
+
+    run_state: RunState
 
     def __init__(self, run: RunState, overrides: dict[str, Any]) -> None:
         self.run_state = run
@@ -213,6 +260,23 @@ class YolofitTrainer(DetectionTrainer):  # type: ignore[misc]
                 strip_optimizer(self.best, updates={"train_results": ckpt.get("train_results")})
         torch.distributed.barrier()
         return None
+
+
+class YolofitTrainer(_YolofitDDP, DetectionTrainer):  # type: ignore[misc]
+    """DetectionTrainer whose ranks and process group come from the pod."""
+
+
+_TRAINERS: dict[str, type] = {"detect": YolofitTrainer}
+
+
+def trainer_class(task: str) -> type:
+    """The task's Ultralytics trainer with yolofit's DDP mixed in (built once per task)."""
+    if task not in _TRAINERS:
+        module, name = TASK_TRAINERS[task]
+        base = getattr(importlib.import_module(module), name)
+        _TRAINERS[task] = type(f"Yolofit{name}", (_YolofitDDP, base), {
+            "__doc__": f"{name} whose ranks and process group come from the pod."})
+    return _TRAINERS[task]
 
 
 def state_hashes(model: nn.Module) -> dict[str, str]:
@@ -361,7 +425,8 @@ def train(
     if topo.distributed:
         init_process_group(topo, device.type, cfg.ddp_timeout_seconds)
     try:
-        trainer = YolofitTrainer(run, ultralytics_overrides(cfg, topo, device))
+        overrides = {**ultralytics_overrides(cfg, topo, device), "task": model_task(cfg)}
+        trainer = trainer_class(overrides["task"])(run, overrides)
         for event in ("on_train_start", "on_train_epoch_start", "on_train_batch_end",
                       "on_train_epoch_end"):
             trainer.add_callback(event, getattr(run, event))
