@@ -373,6 +373,25 @@ def _precompute(models: list[str], sizes: list[int], amps: list[str], optimizer:
     return 0
 
 
+# --- yolofit data stats --------------------------------------------------------------------
+
+def _data_stats(args: argparse.Namespace) -> int:
+    from yolofit.estimator.density import dataset_stats, render
+
+    path = Path(args.data)
+    if not path.is_file():
+        raise UsageError(f"DATA: no dataset YAML at {args.data}")
+    try:
+        stats = dataset_stats(path, mosaic=not args.no_mosaic)
+    except (OSError, ValueError) as exc:
+        raise UsageError(f"DATA: {exc}") from None
+    if args.json:
+        print(json.dumps([s.to_dict() for s in stats], indent=2))
+    else:
+        print(render(stats))
+    return 0
+
+
 # --- registration --------------------------------------------------------------------------
 
 def _common(p: argparse.ArgumentParser, amp_default: str, amp_choices: tuple[str, ...]) -> None:
@@ -441,6 +460,17 @@ def register(subparsers: Any) -> None:
     build.add_argument("--checkpointing", action="store_true", help="also trace checkpointing")
     build.add_argument("--force", action="store_true", help="re-trace profiles already stored")
     build.set_defaults(func=_profiles_build)
+    data = subparsers.add_parser("data", help="dataset facts the memory plan depends on")
+    dsub = data.add_subparsers(dest="data_command", metavar="ACTION", required=True)
+    stats = dsub.add_parser(
+        "stats", help="objects per image (mean, p99, max) and per training sample, per split",
+        description="Reads Ultralytics' label cache where present, else the label files. "
+                    "max/sample bounds what one training sample (and so every sample of a "
+                    "padded batch) can carry: with mosaic, the four densest images together.")
+    stats.add_argument("data", metavar="DATA.yaml")
+    stats.add_argument("--no-mosaic", action="store_true", help="training without mosaic")
+    stats.add_argument("--json", action="store_true")
+    stats.set_defaults(func=_data_stats)
     lst = psub.add_parser("list", help="list shipped and cached profiles")
     lst.add_argument("--json", action="store_true")
     lst.set_defaults(func=_profiles_list)

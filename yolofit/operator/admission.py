@@ -180,7 +180,8 @@ def decide(name: str, namespace: str, spec: YOLOTrainingJobSpec, policy: GPUCapa
         return Decision(errors=(f"spec: does not fit: {reason}" + (f"; {note}" if note
                                                                     else ""),))
     margin = margins.get(margin_key(model, result.gpu_class), 0.0)
-    plan = to_api_plan(result, spec, margin)
+    plan = to_api_plan(result, spec, margin).model_copy(
+        update={"objects_per_image": req.objects})
     if note:
         plan = plan.model_copy(update={"reason": f"{plan.reason}; {note}".lstrip("; ")})
     return Decision(plan=sharing.describe(plan, classes[result.gpu_class]))

@@ -96,6 +96,10 @@ class Plan(Model):
     requested: str = Field("", description="requestedBytes, human readable.")
     task: str = Field("", description="Ultralytics task planned and trained (spec.task, or "
                       "the model's own task).")
+    objects_per_image: int = Field(0, ge=0, description="Most objects per image the plan "
+                                   "assumed (spec.maxObjectsPerImage or the policy default); "
+                                   "the trainer stops before its first step when the data "
+                                   "holds more (exit reason data-denser).")
 
 
 class YOLOTrainingJobSpec(Model):

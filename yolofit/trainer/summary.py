@@ -11,9 +11,12 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Literal
 
-ExitReason = Literal["completed", "oom", "error", "data-missing"]
+ExitReason = Literal["completed", "oom", "error", "data-missing", "data-denser"]
 
-EXIT_CODES: dict[ExitReason, int] = {"completed": 0, "error": 1, "data-missing": 2, "oom": 88}
+# data-denser: the dataset holds more objects per image than the plan assumed; the operator
+# re-plans with `objects_per_image` (the measured densest image) before any GPU step.
+EXIT_CODES: dict[ExitReason, int] = {"completed": 0, "error": 1, "data-missing": 2,
+                                     "data-denser": 3, "oom": 88}
 MESSAGE_LIMIT = 1024  # chars; leaves room for several local ranks' summaries in one message
 
 
@@ -28,6 +31,7 @@ class Summary:
     images_per_second: float = 0.0
     exit_reason: ExitReason = "completed"
     message: str = ""
+    objects_per_image: int | None = None  # measured densest training image (data-denser)
 
     @property
     def exit_code(self) -> int:

@@ -38,7 +38,7 @@ from ultralytics.models.yolo.detect import DetectionTrainer
 
 from yolofit.trainer.config import TrainConfig, TrainerSettings
 from yolofit.trainer.ddp import Topology, init_process_group
-from yolofit.trainer.errors import DataMissing, PlanMismatch, UnsupportedUltralytics
+from yolofit.trainer.errors import DataDenser, DataMissing, PlanMismatch, UnsupportedUltralytics
 from yolofit.trainer.exporter import TrainerMetrics
 from yolofit.trainer.memory import MemoryTracker
 from yolofit.trainer.offline import block_downloads, offline_requested
@@ -134,6 +134,25 @@ def check_inputs(cfg: TrainConfig) -> None:
         raise DataMissing(
             f"model YAML not found: {model} (neither a file nor an Ultralytics model name)"
         ) from None
+
+
+def check_density(cfg: TrainConfig, task: str) -> int | None:
+    """The densest training image's object count (label cache or files, as `yolofit data
+    stats` reads them); DataDenser when it exceeds what the plan assumed. None for
+    classification (no objects) or a plan that assumed nothing."""
+    if task == "classify" or cfg.objects_per_image is None:
+        return None
+    from yolofit.estimator.density import dataset_stats
+
+    train = next((s for s in dataset_stats(cfg.data) if s.split == "train"), None)
+    if train is None:
+        return None
+    if train.max > cfg.objects_per_image:
+        raise DataDenser(
+            f"data: the densest training image holds {train.max} objects, the plan assumed "
+            f"at most {cfg.objects_per_image} per image (spec.maxObjectsPerImage); re-plan "
+            f"with {train.max} ({train.source})", train.max)
+    return train.max
 
 
 def check_bf16_support() -> None:
@@ -426,6 +445,11 @@ def train(
         init_process_group(topo, device.type, cfg.ddp_timeout_seconds)
     try:
         overrides = {**ultralytics_overrides(cfg, topo, device), "task": model_task(cfg)}
+        try:
+            check_density(cfg, overrides["task"])
+        except DataDenser as exc:
+            summary.objects_per_image = exc.objects_per_image
+            raise
         trainer = trainer_class(overrides["task"])(run, overrides)
         for event in ("on_train_start", "on_train_epoch_start", "on_train_batch_end",
                       "on_train_epoch_end"):
