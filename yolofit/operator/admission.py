@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 from yolofit.estimator import planner
 from yolofit.estimator.identity import model_task
+from yolofit.estimator.train_args import memory_effects
 from yolofit.estimator.profile import ProfileKey, ProfileMissing, ProfileStore
 from yolofit.operator import pod_rules, ultralytics_args
 from yolofit.operator import policy as pol
@@ -44,7 +45,9 @@ def model_id(model: str) -> str:
 def plan_request(spec: YOLOTrainingJobSpec, policy: GPUCapacityPolicySpec,
                  batch_per_gpu: int | None = None) -> planner.PlanRequest:
     levers = policy.levers
+    effects = memory_effects(spec.args)
     return planner.PlanRequest(
+        mosaic=effects.mosaic, multi_scale=effects.multi_scale,
         model=spec.model, nc=spec.classes, imgsz=spec.imgsz, nbs=spec.nbs,
         world_size=spec.gpus.nodes * spec.gpus.per_node, amp=spec.amp,
         objects=spec.max_objects_per_image or policy.default_objects_per_image,
@@ -92,6 +95,7 @@ def static_errors(name: str, namespace: str, spec: YOLOTrainingJobSpec,
     errors += pod_rules.errors(spec, policy, namespace)
     if (wrong_task := task_error(spec)) is not None:
         errors.append(wrong_task)
+    errors += memory_effects(spec.args).refusals
     if len(name) > MAX_JOB_NAME:
         errors.append(f"metadata.name: at most {MAX_JOB_NAME} characters (pods are named "
                       f"<name>-worker-<i>), got {len(name)}")
