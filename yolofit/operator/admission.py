@@ -13,8 +13,8 @@ from dataclasses import dataclass
 
 from yolofit.estimator import planner
 from yolofit.estimator.identity import model_task
-from yolofit.estimator.train_args import memory_effects
 from yolofit.estimator.profile import ProfileKey, ProfileMissing, ProfileStore
+from yolofit.estimator.train_args import memory_effects
 from yolofit.operator import pod_rules, ultralytics_args
 from yolofit.operator import policy as pol
 from yolofit.operator.api import GPUCapacityPolicySpec, Plan, YOLOTrainingJobSpec
