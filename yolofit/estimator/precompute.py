@@ -32,6 +32,16 @@ from yolofit.estimator.profile import (
 SHIPPED_MODELS: tuple[str, ...] = tuple(
     f"{family}{scale}" for family in ("yolov8", "yolo11", "yolo26") for scale in "nsmlx")
 SHIPPED_IMGSZ: tuple[int, ...] = (320, 640, 1280)
+# Shipped beyond the full detection grid: one family per other task (yolo11 n/s: seg, pose,
+# obb at 640; cls at 224 and 640) and the configurations of the field rows (`--field`).
+TASK_MODELS: tuple[str, ...] = tuple(f"yolo11{s}-{t}" for t in ("seg", "pose", "obb", "cls")
+                                     for s in "ns")
+
+
+def field_models() -> tuple[str, ...]:
+    from yolofit.estimator import field
+
+    return tuple(sorted({k.model for k in field.keys(field.load_rows())}))
 
 
 def keys_for(models: Iterable[str], imgsz: Iterable[int], amp: Iterable[str] = ("fp16", "off"),
