@@ -379,7 +379,9 @@ class RunState:
 
         sampler = getattr(trainer.train_loader, "sampler", None)
         if isinstance(sampler, DistributedSampler):
-            files = trainer.train_loader.dataset.im_files
+            dataset = trainer.train_loader.dataset
+            files = getattr(dataset, "im_files", None) or [  # classify: (path, class, ...)
+                s[0] for s in dataset.samples]
             self.shards.append(sorted(Path(files[i]).name for i in sampler))
 
     @property
