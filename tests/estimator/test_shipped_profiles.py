@@ -15,7 +15,7 @@ from importlib.metadata import version
 import pytest
 
 from yolofit.estimator.identity import config_hash, resolve_model
-from yolofit.estimator.precompute import SHIPPED_MODELS
+from yolofit.estimator.precompute import SHIPPED_MODELS, TASK_MODELS, field_models
 from yolofit.estimator.profile import SHIPPED_PROFILES, ProfileKey, _read_profiles
 
 
@@ -26,8 +26,14 @@ def shipped_keys() -> list[ProfileKey]:
 @cache
 def ultralytics_hash(model: str) -> str:
     """The hash of the config as the installed Ultralytics loads it (what the tracer builds)."""
+    import re
+
     from ultralytics.nn.tasks import yaml_model_load
 
+    kpt = re.fullmatch(r"(.+-pose)-kpt(\d+)x(\d+)", model)  # a pose head rebuilt for the data
+    if kpt:
+        return config_hash({**yaml_model_load(f"{kpt.group(1)}.yaml"),
+                            "kpt_shape": [int(kpt.group(2)), int(kpt.group(3))]})
     return config_hash(yaml_model_load(f"{model}.yaml"))
 
 
@@ -53,7 +59,7 @@ def drift_message(stale: dict[str, str]) -> str:
 
 
 def test_every_shipped_model_has_profiles() -> None:
-    assert {k.model for k in shipped_keys()} == set(SHIPPED_MODELS)
+    assert {k.model for k in shipped_keys()} == {*SHIPPED_MODELS, *TASK_MODELS, *field_models()}
 
 
 def test_shipped_profiles_match_the_installed_ultralytics() -> None:

@@ -52,8 +52,9 @@ def test_job_crd_has_printer_columns_short_name_and_descriptions() -> None:
     crd = crds.crds()["yolotrainingjobs.yaml"]
     version = crd["spec"]["versions"][0]
     cols = [c["name"] for c in version["additionalPrinterColumns"]]
-    assert cols == ["CLASS", "SLICE", "GPUS", "BATCH/GPU", "ACCUM", "AMP", "EST", "PEAK",
-                    "PHASE", "AGE"]
+    assert cols == ["TASK", "CLASS", "SLICE", "GPUS", "BATCH/GPU", "ACCUM", "AMP", "EST",
+                    "PEAK", "PHASE", "AGE"]
+    assert spec_task_enum(crd) == ["detect", "segment", "pose", "obb", "classify"]
     assert crd["spec"]["names"]["shortNames"] == ["ytj"]
     spec = version["schema"]["openAPIV3Schema"]["properties"]["spec"]
     assert spec["required"] == ["model", "data"]
@@ -83,3 +84,8 @@ def test_wire_form_is_camel_case_and_round_trips() -> None:
     wire = spec.wire()
     assert wire["gpuClass"] == "t4" and wire["maxObjectsPerImage"] == 20
     assert api.YOLOTrainingJobSpec.model_validate(wire) == spec
+
+
+def spec_task_enum(crd: dict) -> list[str]:  # type: ignore[type-arg]
+    spec = crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]
+    return list(spec["properties"]["task"]["enum"])

@@ -35,6 +35,7 @@ class Job:
     namespace: str = "team-a"
     gpu_class: str = "cpu-test"
     checkpointing: bool = False
+    task: str | None = None
 
     def spec_and_plan(self) -> tuple[YOLOTrainingJobSpec, Plan]:
         gpus = self.nodes * self.per_node
@@ -49,6 +50,7 @@ class Job:
             gpus={"nodes": self.nodes, "per_node": self.per_node},
             output_dir=str(self.output),
             args=self.args,
+            task=self.task,
         )
         plan = Plan(
             gpu_class=self.gpu_class,
@@ -61,6 +63,7 @@ class Job:
             checkpointing=self.checkpointing,
             imgsz=64,
             predicted_device_bytes=123_456_789,
+            task=self.task or "",
         )
         return spec, plan
 

@@ -28,6 +28,7 @@ CONTRACT_FIELDS = {
     "epochs_done",
     "save_dir",
     "resumed_from",
+    "objects_per_image",
     "ranks",
 }
 

@@ -19,14 +19,14 @@ where allocator rounding is a larger share of every number.
 from __future__ import annotations
 
 import copy
-import math
+import dataclasses
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from fractions import Fraction
 from typing import Any
 
-from yolofit.estimator.profile import Profile, ProfileKey, Terms
+from yolofit.estimator.profile import Profile, ProfileKey, Terms, fit_upper_terms
 
 BATCH_POINTS: tuple[tuple[int, int], ...] = ((4, 4), (8, 4))
 OBJECT_POINTS: tuple[tuple[int, int], ...] = ((2, 128), (2, 256))
@@ -72,13 +72,7 @@ def trace_point(model: Any, key: ProfileKey, batch: int, objects: int,
 def fit_terms(values: list[int], points: tuple[tuple[int, int], ...] = POINTS) -> Terms:
     """Upper-bound terms from the four points (see the module docstring), rounded up and
     raised until no traced point is under-predicted."""
-    fixed, per_sample, per_object = _fit_exact(values, points)
-    terms = Terms(math.floor(fixed), math.ceil(per_sample), max(math.ceil(per_object), 0))
-    short = max((Fraction(v - terms.at(b, o), b) for v, (b, o) in zip(values, points,
-                                                                      strict=True)))
-    if short > 0:
-        terms = Terms(terms.fixed, terms.per_sample + math.ceil(short), terms.per_object)
-    return terms
+    return fit_upper_terms(values, points)
 
 
 def _fit_exact(values: list[int], points: tuple[tuple[int, int], ...]
@@ -163,30 +157,47 @@ def build_profile(key: ProfileKey, progress: Callable[[str], None] | None = None
             raise ValueError(f"{key.model} resolves to config {ref.config_hash}, "
                              f"key says {key.config_hash}")
         model = build_model(ref, nc=key.nc)
+    from yolofit.estimator.tracer import model_task
+
+    task = model_task(model)
     params = sum(p.numel() for p in model.parameters())
     results = []
-    for i, (b, o) in enumerate(BATCH_POINTS):
+    # A classifier has no labels but one class per image: its batch points carry no
+    # objects, and the dense pair is one trace (per_object is 0 by construction).
+    batch_points = ((b, 0) for b, _ in BATCH_POINTS) if task == "classify" else BATCH_POINTS
+    for i, (b, o) in enumerate(batch_points):
         if progress:
-            progress(f"tracing {key.model} imgsz={key.imgsz} amp={key.amp} "
+            progress(f"tracing {key.model} ({task}) imgsz={key.imgsz} amp={key.amp} "
                      f"batch={b} objects={o} ({i + 1}/{len(BATCH_POINTS) + 2})")
         results.append(trace_point(model, key, b, o, compute, expandable_segments))
-    results += _dense_points(model, key, results, progress, compute, expandable_segments)
+    if task == "classify":
+        b = OBJECT_POINTS[0][0]
+        one = trace_point(model, key, b, 0, compute, expandable_segments)
+        results += [one, dataclasses.replace(one, objects=1)]
+    else:
+        results += _dense_points(model, key, results, progress, compute, expandable_segments)
     points = tuple((r.batch, r.objects) for r in results)
     allocated = fit_terms([r.allocated for r in results], points)
-    reserved = fit_terms([max(r.reserved, r.allocated) for r in results], points)
-    # Reserved never below allocated, term by term (the dense slope of reserved can read
-    # low when its high-water mark was set in another phase at the small dense batch).
-    reserved = Terms(max(reserved.fixed, allocated.fixed),
-                     max(reserved.per_sample, allocated.per_sample),
-                     max(reserved.per_object, allocated.per_object))
+    reserved = _not_below(fit_terms([max(r.reserved, r.allocated) for r in results], points),
+                          allocated)
+    reserved_default = _not_below(fit_terms([max(r.reserved_default, r.allocated)
+                                             for r in results], points), allocated)
     breakdown = fit_breakdown(results, points)
     seconds = time.perf_counter() - t0
     mode = "expandable_segments:True" if expandable_segments else "default allocator"
-    source = (f"traced on CPU ({compute} compute), {mode}, torch step of Ultralytics "
+    source = (f"traced on CPU ({compute} compute), {mode}, {task} training step of Ultralytics "
               f"{_ultralytics_version()}, {seconds:.1f}s")
     return Profile(key=key, params=params, allocated=allocated, reserved=reserved,
                    breakdown=breakdown, traced_at=[r.to_dict() for r in results],
-                   source=source)
+                   source=source, task=task, reserved_default=reserved_default)
+
+
+def _not_below(reserved: Terms, allocated: Terms) -> Terms:
+    """Reserved never below allocated, term by term (the dense slope of reserved can read
+    low when its high-water mark was set in another phase at the small dense batch)."""
+    return Terms(max(reserved.fixed, allocated.fixed),
+                 max(reserved.per_sample, allocated.per_sample),
+                 max(reserved.per_object, allocated.per_object))
 
 
 def _ultralytics_version() -> str:

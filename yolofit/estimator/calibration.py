@@ -128,3 +128,103 @@ def write_calibration(fitted: Mapping[str, Fitted], source: str, path: Path = DA
         else:
             data.setdefault("calibrated_unknown_classes", {})[name] = entry
     path.write_text(json.dumps(data, indent=2) + "\n")
+
+
+# --- calibration from field measurements (data/field) -------------------------------------
+
+# The physically plausible box the field fit searches (and may not leave):
+# cuDNN workspace allowance: 0 (workspace-free algorithms) to 1 GiB (the largest workspaces
+# deterministic conv algorithms ask for YOLO-sized convs at large batches);
+# default-allocator overhead over the peak allocated bytes: 0 to 25 % (what caching
+# allocators are commonly seen to hold above the live bytes in long training runs).
+CUDNN_RANGE_MIB = (0.0, 1024.0)
+OVERHEAD_RANGE = (0.0, 0.25)
+STEP_MIB = 8.0
+STEP_OVERHEAD = 0.0025
+UNDER_WEIGHT = 3.0  # an under-prediction is an OOM: it weighs three times an over-prediction
+
+
+@dataclass(frozen=True)
+class FieldPoint:
+    """One field run for the fit: the trace's peak allocated bytes at its configuration,
+    the measured reserved bytes, and whether its Ultralytics emptied the cache each epoch."""
+
+    traced_allocated: float
+    measured: float
+    epoch_emptied: bool
+
+
+@dataclass(frozen=True)
+class FieldFit:
+    """The three constants a field fit sets, and the rows it saw."""
+
+    cudnn_workspace_mib: float
+    overhead: float  # default allocator, cache kept across epochs (Ultralytics >= 8.3.86)
+    overhead_epoch_emptied: float  # default allocator, cache emptied each epoch (<= 8.3.85)
+    rows: int
+    loss: float
+
+
+def _blocks(n: float) -> int:
+    block = 2 * MiB
+    return -(-int(n) // block) * block
+
+
+def field_prediction(point: FieldPoint, cublas_bytes: int, cudnn_mib: float,
+                     overhead: float, overhead_epoch_emptied: float) -> float:
+    """Predicted reserved = allocated + overhead (2 MiB blocks) + cuBLAS + cuDNN, as
+    profile.estimate computes it with the default allocator."""
+    rate = overhead_epoch_emptied if point.epoch_emptied else overhead
+    return (point.traced_allocated + _blocks(point.traced_allocated * rate) + cublas_bytes
+            + cudnn_mib * MiB)
+
+
+def _loss(points: Sequence[FieldPoint], cublas: int, cudnn: float, rate: float) -> float:
+    total = 0.0
+    for p in points:
+        e = field_prediction(p, cublas, cudnn, rate, rate) / p.measured - 1
+        total += abs(e) * (UNDER_WEIGHT if e < 0 else 1.0)
+    return total
+
+
+def fit_field(points: Sequence[FieldPoint], cublas_bytes: int) -> FieldFit:
+    """Grid search over the plausible box for the cuDNN allowance (shared) and the two
+    overhead fractions (one per cache regime), minimising sum(w(e) |e|) with
+    w = UNDER_WEIGHT below the measurement and 1 above. A grid (not a gradient) because the
+    2 MiB rounding makes the loss piecewise constant; ties go to the smaller constants. A
+    regime without rows keeps the other regime's fraction."""
+    if not points:
+        raise ValueError("no field rows to fit")
+    groups = {flag: [p for p in points if p.epoch_emptied == flag] for flag in (False, True)}
+    rates = [OVERHEAD_RANGE[0] + i * STEP_OVERHEAD for i in
+             range(int(round((OVERHEAD_RANGE[1] - OVERHEAD_RANGE[0]) / STEP_OVERHEAD)) + 1)]
+    best: FieldFit | None = None
+    for j in range(int((CUDNN_RANGE_MIB[1] - CUDNN_RANGE_MIB[0]) / STEP_MIB) + 1):
+        cudnn = CUDNN_RANGE_MIB[0] + j * STEP_MIB
+        chosen: dict[bool, tuple[float, float]] = {}
+        for flag, group in groups.items():
+            if group:
+                chosen[flag] = min(((_loss(group, cublas_bytes, cudnn, r), r) for r in rates),
+                                   key=lambda lr: (round(lr[0], 12), lr[1]))
+        loss = sum(v[0] for v in chosen.values())
+        kept = chosen.get(False, chosen.get(True, (0.0, 0.0)))[1]
+        emptied = chosen.get(True, (0.0, kept))[1]
+        if best is None or loss < best.loss - 1e-12:
+            best = FieldFit(cudnn, round(kept, 6), round(emptied, 6), len(points), loss)
+    assert best is not None
+    return best
+
+
+def write_field_fit(fit: FieldFit, provenance: Mapping[str, Any], path: Path = DATA) -> None:
+    """Write the fitted constants into gpu_classes.json's defaults with their provenance
+    (rows, ranges, in-sample and hold-out accuracy)."""
+    data = json.loads(path.read_text())
+    defaults = data["defaults"]
+    defaults["cudnn_workspace_mib"] = fit.cudnn_workspace_mib
+    defaults["fragmentation_default_allocator"] = fit.overhead
+    defaults["fragmentation_default_allocator_epoch_emptied"] = fit.overhead_epoch_emptied
+    defaults["field_fit"] = {
+        "cudnn_workspace_range_mib": list(CUDNN_RANGE_MIB),
+        "overhead_range": list(OVERHEAD_RANGE), "under_weight": UNDER_WEIGHT,
+        "rows": fit.rows, **provenance}
+    path.write_text(json.dumps(data, indent=2) + "\n")

@@ -21,6 +21,7 @@ from typing import Any
 
 from yolofit.cli import UsageError
 from yolofit.estimator.gpu import GpuClass, from_memory, get_gpu_class, known_classes
+from yolofit.estimator.identity import TASKS
 from yolofit.estimator.planner import AMP_CHOICES, Plan, PlanRequest, plan
 from yolofit.estimator.profile import (
     AMP_MODES,
@@ -70,7 +71,7 @@ def _choice(flag: str, text: str, choices: tuple[str, ...]) -> str:
     raise UsageError(f"{flag}: must be one of {', '.join(choices)}, got {text!r}")
 
 
-def _model(text: str) -> tuple[str, str]:
+def _model(text: str, task: str | None = None) -> tuple[str, str]:
     try:
         ref = resolve_model(text)
     except UnknownModel as exc:
@@ -79,6 +80,9 @@ def _model(text: str) -> tuple[str, str]:
         raise UsageError(f"--model: {exc}; give a local .yaml/.pt or a shipped detection "
                          f"model: {_FAMILIES} (e.g. yolov8s.yaml, yolo11m.yaml); YAMLs: "
                          f"{', '.join(model_families())}") from None
+    if task is not None and task != ref.task:
+        raise UsageError(f"--task: {text} trains task {ref.task}, not {task}; pass "
+                         f"--task {ref.task} or omit it")
     return ref.name, ref.config_hash
 
 
@@ -171,8 +175,12 @@ def _profile_for(store: ProfileStore, key: ProfileKey, model: str) -> Profile:
 
 # --- yolofit estimate ----------------------------------------------------------------------
 
+def _task(text: str | None) -> str | None:
+    return None if text is None else _choice("--task", text, TASKS)
+
+
 def _estimate_cmd(args: argparse.Namespace) -> int:
-    name, chash = _model(args.model)
+    name, chash = _model(args.model, _task(args.task))
     imgsz = _imgsz("--imgsz", args.imgsz)
     batch = _int("--batch", args.batch)
     amp = _choice("--amp", args.amp, AMP_MODES)
@@ -186,7 +194,8 @@ def _estimate_cmd(args: argparse.Namespace) -> int:
     profile = _profile_for(ProfileStore(), key, args.model)
     est = estimate(profile, batch, objects, gpu)
     doc: dict[str, Any] = {
-        **est.to_dict(), "profile_id": key.id, "gpu_class": gpu.name, "batch": batch,
+        **est.to_dict(), "task": profile.task, "profile_id": key.id, "gpu_class": gpu.name,
+        "batch": batch,
         "objects_per_image": objects, "objects_per_sample": objects_per_sample(objects),
         "usable_bytes": gpu.usable_bytes, "budget_bytes": gpu.budget_bytes,
         "fits": est.device_total_bytes <= gpu.budget_bytes, "profile_source": profile.source,
@@ -199,7 +208,8 @@ def _estimate_cmd(args: argparse.Namespace) -> int:
 
 
 def _estimate_table(doc: dict[str, Any], key: ProfileKey, gpu: GpuClass) -> str:
-    lines = [f"{key.model}  imgsz {key.imgsz}  batch {doc['batch']}  amp {key.amp}  "
+    lines = [f"{key.model} ({doc['task']})  imgsz {key.imgsz}  batch {doc['batch']}  "
+             f"amp {key.amp}  "
              f"{key.optimizer}  nc {key.nc}  checkpointing {'on' if key.checkpointing else 'off'}"
              f"  objects {doc['objects_per_image']}/image ({doc['objects_per_sample']}/sample)",
              "", f"{'component':<22}{'MiB':>12}{'GiB':>10}"]
@@ -249,7 +259,7 @@ def _plan_classes(args: argparse.Namespace) -> list[GpuClass]:
 
 
 def _plan_request(args: argparse.Namespace) -> PlanRequest:
-    _, chash = _model(args.model)
+    _, chash = _model(args.model, _task(args.task))
     fields = dict(
         model=args.model, config_hash=chash, imgsz=_imgsz("--imgsz", args.imgsz),
         nc=_int("--nc", args.nc), nbs=_int("--nbs", args.nbs),
@@ -363,12 +373,31 @@ def _precompute(models: list[str], sizes: list[int], amps: list[str], optimizer:
     return 0
 
 
+# --- yolofit data stats --------------------------------------------------------------------
+
+def _data_stats(args: argparse.Namespace) -> int:
+    from yolofit.estimator.density import dataset_stats, render
+
+    path = Path(args.data)
+    if not path.is_file():
+        raise UsageError(f"DATA: no dataset YAML at {args.data}")
+    try:
+        stats = dataset_stats(path, mosaic=not args.no_mosaic)
+    except (OSError, ValueError) as exc:
+        raise UsageError(f"DATA: {exc}") from None
+    if args.json:
+        print(json.dumps([s.to_dict() for s in stats], indent=2))
+    else:
+        print(render(stats))
+    return 0
+
+
 # --- registration --------------------------------------------------------------------------
 
 def _common(p: argparse.ArgumentParser, amp_default: str, amp_choices: tuple[str, ...]) -> None:
     p.add_argument("--model", required=True,
-                   help="shipped detection YAML (yolov8s.yaml, yolo11m, yolo26n.yaml) or a "
-                        "local .yaml/.pt")
+                   help="shipped model of any task (yolov8s.yaml, yolo11m, yolo11s-seg, "
+                        "yolo11s-pose, yolo11s-obb, yolo11s-cls) or a local .yaml/.pt")
     p.add_argument("--imgsz", default="640", help="training image size, multiple of 32")
     p.add_argument("--amp", default=amp_default, help=f"one of {', '.join(amp_choices)}")
     p.add_argument("--objects", default="50",
@@ -378,6 +407,8 @@ def _common(p: argparse.ArgumentParser, amp_default: str, amp_choices: tuple[str
                    help="auto (taken as AdamW, Ultralytics' pick below 10000 iterations), SGD, "
                         "AdamW or MuSGD")
     p.add_argument("--nc", default="80", help="number of classes")
+    p.add_argument("--task", help=f"{', '.join(TASKS)}; default the model's own (checked "
+                                   "against it when given)")
     p.add_argument("--json", action="store_true", help="print JSON")
 
 
@@ -429,6 +460,17 @@ def register(subparsers: Any) -> None:
     build.add_argument("--checkpointing", action="store_true", help="also trace checkpointing")
     build.add_argument("--force", action="store_true", help="re-trace profiles already stored")
     build.set_defaults(func=_profiles_build)
+    data = subparsers.add_parser("data", help="dataset facts the memory plan depends on")
+    dsub = data.add_subparsers(dest="data_command", metavar="ACTION", required=True)
+    stats = dsub.add_parser(
+        "stats", help="objects per image (mean, p99, max) and per training sample, per split",
+        description="Reads Ultralytics' label cache where present, else the label files. "
+                    "max/sample bounds what one training sample (and so every sample of a "
+                    "padded batch) can carry: with mosaic, the four densest images together.")
+    stats.add_argument("data", metavar="DATA.yaml")
+    stats.add_argument("--no-mosaic", action="store_true", help="training without mosaic")
+    stats.add_argument("--json", action="store_true")
+    stats.set_defaults(func=_data_stats)
     lst = psub.add_parser("list", help="list shipped and cached profiles")
     lst.add_argument("--json", action="store_true")
     lst.set_defaults(func=_profiles_list)

@@ -36,6 +36,10 @@ class GpuClass:
     cudnn_workspace_bytes: int = 256 * MiB
     fragmentation: float = 0.03
     nccl_bytes: int = 512 * MiB
+    # Default allocator (stock Ultralytics): reserved over the traced *allocated* peak, fitted
+    # on field runs; Ultralytics <= 8.3.85 empties the cache every epoch (less accumulates).
+    fragmentation_default: float = 0.20
+    fragmentation_default_epoch_emptied: float = 0.09
     arch: str = ""
     product: str = ""
     calibrated: bool = False
@@ -52,7 +56,18 @@ class GpuClass:
 
     def fragmentation_bytes(self, reserved: int) -> int:
         """Margin for fragmentation the allocator model cannot see, in whole 2 MiB blocks."""
-        margin = int(reserved * self.fragmentation)
+        return self._blocks(int(reserved * self.fragmentation))
+
+    def default_allocator_overhead(self, allocated: int, epoch_emptied: bool = False) -> int:
+        """What the default caching allocator reserves beyond the peak allocated bytes
+        (rounding, splitting, pools kept across training and validation), in 2 MiB blocks:
+        the field-fitted fraction of `allocated` (see gpu_classes.json, field_fit)."""
+        rate = (self.fragmentation_default_epoch_emptied if epoch_emptied
+                else self.fragmentation_default)
+        return self._blocks(int(allocated * rate))
+
+    @staticmethod
+    def _blocks(margin: int) -> int:
         return -(-margin // _LARGE_BLOCK) * _LARGE_BLOCK
 
     def with_headroom(self, headroom: float) -> GpuClass:
@@ -94,6 +109,11 @@ def _build(name: str, spec: Mapping[str, Any], headroom: float | None = None) ->
                                             defaults["cudnn_workspace_mib"])),
         fragmentation=float(spec.get("fragmentation", defaults["fragmentation"])),
         nccl_bytes=_mib(spec.get("nccl_mib", defaults["nccl_mib"])),
+        fragmentation_default=float(spec.get(
+            "fragmentation_default_allocator", defaults["fragmentation_default_allocator"])),
+        fragmentation_default_epoch_emptied=float(spec.get(
+            "fragmentation_default_allocator_epoch_emptied",
+            defaults["fragmentation_default_allocator_epoch_emptied"])),
         arch=arch,
         product=str(spec.get("product", "")),
         calibrated=bool(spec.get("calibrated", False)),

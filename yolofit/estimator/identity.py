@@ -29,6 +29,75 @@ class ModelRef:
     path: Path
     config: dict[str, Any]
 
+    @property
+    def task(self) -> str:
+        """The Ultralytics task the config trains (see `task_of`)."""
+        return task_of(self.config)
+
+
+TASKS: tuple[str, ...] = ("detect", "segment", "pose", "obb", "classify")
+
+
+def task_of(config: Mapping[str, Any]) -> str:
+    """The task of a model config, by its output module, as Ultralytics'
+    `guess_model_task` decides it (nn/tasks.py cfg2task) - without torch. A config whose
+    head is none of the five tasks yolofit trains says so with its module's name."""
+    try:
+        module = str(config["head"][-1][-2]).lower()
+    except (KeyError, IndexError, TypeError):
+        return "detect"
+    if module in {"classify", "classifier", "cls", "fc"}:
+        return "classify"
+    if "detect" in module:
+        return "detect"
+    if "semanticsegment" in module:
+        return "semantic"
+    for task in ("segment", "pose", "obb", "depth"):
+        if task in module:
+            return task
+    return module
+
+
+def task_from_name(model: str) -> str | None:
+    """The task a model *name* implies by Ultralytics' suffix convention (yolo11s-seg.pt,
+    yolo11s-cls.yaml, ...): used to default and cross-check a job's task without reading
+    files. None when the name carries no task suffix (then it is a detection model)."""
+    stem = Path(model).stem.lower()
+    for suffix, task in (("-seg", "segment"), ("-pose", "pose"), ("-obb", "obb"),
+                         ("-cls", "classify")):
+        if stem.endswith(suffix) or f"{suffix}-" in stem or f"{suffix}6" in stem:
+            return task
+    return None
+
+
+def model_task(model: str) -> str | None:
+    """The task of a model as admission can know it without torch: a shipped model's YAML
+    (its head), else what its file name implies (task_from_name); None when neither says
+    (a custom checkpoint named e.g. best.pt: detection unless the job says otherwise)."""
+    name = _normalise(model)
+    if name.endswith(".pt") and _find_yaml(Path(name).with_suffix(".yaml").name) is None:
+        return task_from_name(model)
+    try:
+        return resolve_model(model).task
+    except UnknownModel:
+        return task_from_name(model)
+
+
+def with_kpt_shape(ref: ModelRef, kpt_shape: tuple[int, int] | list[int] | None) -> ModelRef:
+    """A pose model trained on data whose kpt_shape differs from the YAML's: Ultralytics
+    rebuilds the head for the data's shape (PoseModel(data_kpt_shape=...)), so it is another
+    architecture, with its own config hash. Other tasks, or the same shape: unchanged."""
+    if kpt_shape is None or ref.task != "pose":
+        return ref
+    shape = [int(x) for x in kpt_shape]
+    if len(shape) != 2 or shape[0] < 1 or shape[1] not in (2, 3):
+        raise ValueError(f"kpt_shape: must be [keypoints, 2 or 3], got {list(kpt_shape)}")
+    if list(ref.config.get("kpt_shape", [17, 3])) == shape:
+        return ref
+    config = {**ref.config, "kpt_shape": shape}
+    return ModelRef(name=f"{ref.name}-kpt{shape[0]}x{shape[1]}", config_hash=config_hash(config),
+                    path=ref.path, config=config)
+
 
 class UnknownModel(ValueError):
     """The model is neither a shipped Ultralytics YAML nor an existing local file."""
@@ -111,7 +180,13 @@ def resolve_model(model: str) -> ModelRef:
     """Resolve 'yolov8s.yaml', 'yolo11m', 'path/to/custom.yaml', 'yolov8s.pt' or 'best.pt'.
 
     YAMLs are read with PyYAML only. A .pt named like a shipped model takes that YAML's
-    identity; any other .pt is unpickled with torch (imported lazily, once per model)."""
+    identity; any other .pt is unpickled with torch (imported lazily, once per model).
+    'yolo11s-pose-kpt5x3' is the pose model rebuilt for 5 keypoints of 3 values (the name
+    `with_kpt_shape` gives it)."""
+    kpt = re.fullmatch(r"(.+-pose)-kpt(\d+)x(\d+)(\.ya?ml|\.pt)?", model)
+    if kpt and not Path(model).is_file():
+        return with_kpt_shape(resolve_model(kpt.group(1) + (kpt.group(4) or "")),
+                              (int(kpt.group(2)), int(kpt.group(3))))
     name = _normalise(model)
     stem = Path(name).stem
     if name.endswith(".pt"):

@@ -1,4 +1,4 @@
-"""Resolve a model name, shipped YAML or local .yaml/.pt to an Ultralytics DetectionModel.
+"""Resolve a model name, shipped YAML or local .yaml/.pt to an Ultralytics model of its task.
 
 Name lookup and the config hash live in `profile.py` (`resolve_model`, `config_hash`:
 sha256 of the canonical model dict; nc is keyed separately in `ProfileKey`), so the
@@ -43,15 +43,31 @@ def resolve(model: str) -> ModelRef:
             f"{', '.join(model_families())}") from None
 
 
+# The Ultralytics model class each task trains (ultralytics.nn.tasks).
+TASK_MODELS: dict[str, str] = {"detect": "DetectionModel", "segment": "SegmentationModel",
+                               "pose": "PoseModel", "obb": "OBBModel",
+                               "classify": "ClassificationModel"}
+
+
 def build_model(ref: ModelRef | str, nc: int = 80) -> Any:
-    """A fresh `DetectionModel(cfg, nc=nc)` on CPU in fp32, built from the config dict."""
+    """A fresh model of the config's task (`DetectionModel`, `SegmentationModel`,
+    `PoseModel`, `OBBModel` or `ClassificationModel`, as Ultralytics' trainers build it)
+    with `nc` classes, on CPU in fp32, built from the config dict. A pose config carries its
+    kpt_shape (see identity.with_kpt_shape)."""
     os.environ.setdefault("YOLO_OFFLINE", "1")
     if isinstance(ref, str):
         ref = resolve(ref)
-    from ultralytics.nn.tasks import DetectionModel
+    import ultralytics.nn.tasks as tasks
 
+    task = ref.task
+    if task not in TASK_MODELS:
+        raise UnknownModel(f"{ref.name}: task {task!r} is not one yolofit trains "
+                           f"({', '.join(TASK_MODELS)})")
     cfg = dict(ref.config)
     cfg["nc"] = nc
+    kwargs: dict[str, Any] = {"ch": 3, "nc": nc, "verbose": False}
+    if task == "pose" and "kpt_shape" in cfg:
+        kwargs["data_kpt_shape"] = tuple(cfg["kpt_shape"])
     with contextlib.redirect_stdout(io.StringIO()):
-        model = DetectionModel(cfg, ch=3, nc=nc, verbose=False)
+        model = getattr(tasks, TASK_MODELS[task])(cfg, **kwargs)
     return model.float().cpu()

@@ -33,6 +33,7 @@ from yolofit.estimator.profile import (
     objects_per_sample,
     resolve_model,
 )
+from yolofit.estimator.train_args import memory_imgsz
 from yolofit.units import format_bytes
 
 __all__ = ["AMP_CHOICES", "NBS_TOLERANCE_PERCENT", "GpuClass", "Plan", "PlanRequest",
@@ -75,6 +76,7 @@ class PlanRequest:
     batch_per_gpu: int | None = None
     config_hash: str | None = None
     mosaic: bool = True
+    multi_scale: float = 0.0  # Ultralytics multi_scale: plan at the largest size it draws
 
     def __post_init__(self) -> None:
         problems = validate_request(self)
@@ -101,6 +103,8 @@ def validate_request(req: PlanRequest) -> list[str]:
         problems.append(f"world_size: must be at least 1, got {req.world_size}")
     if req.nc < 1:
         problems.append(f"nc: must be at least 1, got {req.nc}")
+    if not 0.0 <= req.multi_scale <= 1.0:
+        problems.append(f"multi_scale: must be in [0, 1], got {req.multi_scale}")
     if req.objects < 0:
         problems.append(f"objects: must not be negative, got {req.objects}")
     if req.batch_per_gpu is not None and req.batch_per_gpu < 1:
@@ -141,6 +145,7 @@ class Plan:
     budget_bytes: int = 0
     world_size: int = 1
     profile_id: str = ""
+    task: str = "detect"
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -153,7 +158,7 @@ class Plan:
             "usable_bytes": self.usable_bytes, "budget_bytes": self.budget_bytes,
             "utilisation": self.utilisation, "breakdown": dict(self.breakdown),
             "reason": self.reason, "ultralytics_args": dict(self.ultralytics_args),
-            "profile_id": self.profile_id,
+            "profile_id": self.profile_id, "task": self.task,
         }
 
 
@@ -351,7 +356,7 @@ def _fitted(fit: _Fit, batch: int, req: PlanRequest, amp: str, imgsz: int,
         ultralytics_args={"batch": batch * req.world_size, "nbs": req.nbs, "amp": amp != "off",
                           "imgsz": imgsz},
         budget_bytes=gpu.budget_bytes, world_size=req.world_size, profile_id=key.id,
-        reason=reason)
+        reason=reason, task=fit.profile.task)
 
 
 def _levers_text(amp: str, checkpointing: bool) -> str:
@@ -375,7 +380,8 @@ def _no_fit(fit: _Fit | None, gpu: GpuClass, req: PlanRequest, amp: str, imgsz: 
         utilisation=(est.device_total_bytes / gpu.usable_bytes) if est else 0.0,
         breakdown=est.breakdown if est else {}, reason=reason, ultralytics_args={},
         budget_bytes=gpu.budget_bytes, world_size=req.world_size,
-        profile_id=fit.profile.key.id if fit else "")
+        profile_id=fit.profile.key.id if fit else "",
+        task=fit.profile.task if fit else "detect")
 
 
 def _usable_text(gpu: GpuClass) -> str:
@@ -389,6 +395,7 @@ class _Outcome:
     fit: _Fit | None  # the profile that fits, or the last one tried; None: amp impossible
     batch: int  # 0 when nothing fits
     largest: int = 0  # the largest batch that fits (batch is at most this, for nbs)
+    imgsz: int = 0  # the training imgsz (the profile's may be larger: multi_scale)
 
 
 def _search(req: PlanRequest, gpu: GpuClass, store: ProfileStore) -> _Outcome:
@@ -399,34 +406,37 @@ def _search(req: PlanRequest, gpu: GpuClass, store: ProfileStore) -> _Outcome:
     base = _base_key(req, amp)
     checkpointing = [False, True] if req.allow_checkpointing else [False]
     last: _Fit | None = None
+    train_imgsz = req.imgsz
     for imgsz in _imgsz_candidates(req, store, base):
         for ckpt in checkpointing:
-            key = base.replace(imgsz=imgsz, checkpointing=ckpt)
+            key = base.replace(imgsz=memory_imgsz(imgsz, req.multi_scale),
+                               checkpointing=ckpt)
             profile = _lookup(store, key)
             if profile is None:
                 if imgsz == req.imgsz:
                     raise ProfileMissing(key)
                 continue
             last = fit = _Fit(profile, gpu, req)
+            train_imgsz = imgsz
             if req.batch_per_gpu is not None:
                 batch = largest = req.batch_per_gpu if fit.fits(req.batch_per_gpu) else 0
             else:
                 largest = fit.largest(batch_cap(req))
                 batch = batch_for_nbs(largest, req.world_size, req.nbs) if largest else 0
             if batch >= 1:
-                return _Outcome(amp, fit, batch, largest)
-    return _Outcome(amp, last, 0)
+                return _Outcome(amp, fit, batch, largest, train_imgsz)
+    return _Outcome(amp, last, 0, 0, train_imgsz if last is not None else req.imgsz)
 
 
 def _as_plan(out: _Outcome, req: PlanRequest, gpu: GpuClass) -> Plan:
     if out.batch:
         assert out.fit is not None
-        return _fitted(out.fit, out.batch, req, out.amp, out.fit.profile.key.imgsz,
+        return _fitted(out.fit, out.batch, req, out.amp, out.imgsz or out.fit.profile.key.imgsz,
                        nbs_text(out.batch, req.world_size, req.nbs, out.largest))
     if out.fit is None:
         return _no_fit(None, gpu, req, out.amp, req.imgsz,
                        f"amp=bf16 is pinned but {gpu.name} has no bf16 (needs sm80 or newer)")
-    return _no_fit(out.fit, gpu, req, out.amp, out.fit.profile.key.imgsz,
+    return _no_fit(out.fit, gpu, req, out.amp, out.imgsz or out.fit.profile.key.imgsz,
                    _needs_text(req, out.fit) + f"; {gpu.name} has {_usable_text(gpu)}")
 
 

@@ -32,6 +32,16 @@ from yolofit.estimator.profile import (
 SHIPPED_MODELS: tuple[str, ...] = tuple(
     f"{family}{scale}" for family in ("yolov8", "yolo11", "yolo26") for scale in "nsmlx")
 SHIPPED_IMGSZ: tuple[int, ...] = (320, 640, 1280)
+# Shipped beyond the full detection grid: one family per other task (yolo11 n/s: seg, pose,
+# obb at 640; cls at 224 and 640) and the configurations of the field rows (`--field`).
+TASK_MODELS: tuple[str, ...] = tuple(f"yolo11{s}-{t}" for t in ("seg", "pose", "obb", "cls")
+                                     for s in "ns")
+
+
+def field_models() -> tuple[str, ...]:
+    from yolofit.estimator import field
+
+    return tuple(sorted({k.model for k in field.keys(field.load_rows())}))
 
 
 def keys_for(models: Iterable[str], imgsz: Iterable[int], amp: Iterable[str] = ("fp16", "off"),
@@ -90,9 +100,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--nc", type=int, default=80)
     ap.add_argument("--out", type=Path, default=SHIPPED_PROFILES)
     ap.add_argument("--budget", type=float, default=None, help="stop after this many seconds")
+    ap.add_argument("--field", action="store_true",
+                    help="trace the profiles the field rows need (data/field), nothing else")
     args = ap.parse_args(argv)
-    keys = keys_for(args.models, args.imgsz, args.amp, args.optimizer,
-                    [c == "on" for c in args.checkpointing], args.nc)
+    if args.field:
+        from yolofit.estimator import field
+
+        keys = field.keys(field.load_rows())
+    else:
+        keys = keys_for(args.models, args.imgsz, args.amp, args.optimizer,
+                        [c == "on" for c in args.checkpointing], args.nc)
     profiles = precompute(keys, args.out, lambda m: print(m, file=sys.stderr, flush=True),
                           args.budget)
     print(f"{len(profiles)} profiles in {args.out} ({args.out.stat().st_size} bytes)")

@@ -15,10 +15,12 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
 import os
 import threading
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
+from fractions import Fraction
 from pathlib import Path
 from typing import Any, Literal
 
@@ -141,10 +143,34 @@ class Terms:
         return cls(int(d["fixed"]), int(d["per_sample"]), int(d.get("per_object", 0)))
 
 
+def fit_upper_terms(values: Sequence[int], points: Sequence[tuple[int, int]]) -> Terms:
+    """Terms through four traced points (b1,o),(b2,o),(b,o1),(b,o2): the sparse line from
+    the first two, the per-object slope from the last two; rounded up and raised until no
+    traced point is under-predicted (build.py's docstring says why this is an upper bound)."""
+    (b1, o1), (b2, o2), (b3, o3), (b4, o4) = points
+    if not (o1 == o2 and b1 != b2 and b3 == b4 and o3 != o4):
+        raise ValueError(f"points must be (b1,o),(b2,o),(b,o1),(b,o2): {list(points)}")
+    v1, v2, v3, v4 = (Fraction(v) for v in values)
+    per_object = (v4 - v3) / (b3 * (o4 - o3))
+    per_sample = (v2 - v1) / (b2 - b1)
+    fixed = v1 - per_sample * b1
+    terms = Terms(math.floor(fixed), math.ceil(per_sample), max(math.ceil(per_object), 0))
+    short = max(Fraction(v - terms.at(b, o), b) for v, (b, o) in zip(values, points,
+                                                                    strict=True))
+    if short > 0:
+        terms = Terms(terms.fixed, terms.per_sample + math.ceil(short), terms.per_object)
+    return terms
+
+
 @dataclass(frozen=True)
 class Profile:
     """One traced model configuration. `traced_at` lists the trace points (free-form dicts,
-    e.g. {"batch": 2, "objects": 8, "allocated": ..., "reserved": ..., "seconds": ...})."""
+    e.g. {"batch": 2, "objects": 8, "allocated": ..., "reserved": ..., "seconds": ...}).
+
+    `reserved` is what the allocator model says with expandable segments (the yolofit
+    trainer's setting); `reserved_default` the same trace replayed through the default
+    allocator (stock Ultralytics, and every field measurement). `task` is the Ultralytics
+    task whose model and loss were traced."""
 
     key: ProfileKey
     params: int
@@ -153,20 +179,44 @@ class Profile:
     breakdown: dict[str, Terms] = field(default_factory=dict)
     traced_at: list[dict[str, Any]] = field(default_factory=list)
     source: str = ""
+    task: str = "detect"
+    reserved_default: Terms | None = None
+
+    def reserved_terms(self, expandable_segments: bool = True) -> Terms:
+        """Reserved terms for the allocator mode: expandable segments, or the default
+        allocator (fitted from the trace points' default replay when not stored)."""
+        if expandable_segments:
+            return self.reserved
+        if self.reserved_default is not None:
+            return self.reserved_default
+        if len(self.traced_at) == 4 and all("reserved_default" in t for t in self.traced_at):
+            points = [(int(t["batch"]), int(t["objects"])) for t in self.traced_at]
+            fitted = fit_upper_terms([max(int(t["reserved_default"]), int(t["allocated"]))
+                                      for t in self.traced_at], points)
+            return Terms(max(fitted.fixed, self.allocated.fixed),
+                         max(fitted.per_sample, self.allocated.per_sample),
+                         max(fitted.per_object, self.allocated.per_object))
+        return self.reserved
 
     def to_dict(self) -> dict[str, Any]:
-        return {"key": self.key.to_dict(), "id": self.key.id, "params": self.params,
-                "allocated": self.allocated.to_dict(), "reserved": self.reserved.to_dict(),
-                "breakdown": {k: v.to_dict() for k, v in self.breakdown.items()},
-                "traced_at": list(self.traced_at), "source": self.source}
+        d = {"key": self.key.to_dict(), "id": self.key.id, "params": self.params,
+             "allocated": self.allocated.to_dict(), "reserved": self.reserved.to_dict(),
+             "breakdown": {k: v.to_dict() for k, v in self.breakdown.items()},
+             "traced_at": list(self.traced_at), "source": self.source, "task": self.task}
+        if self.reserved_default is not None:
+            d["reserved_default"] = self.reserved_default.to_dict()
+        return d
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> Profile:
+        default = d.get("reserved_default")
         return cls(key=ProfileKey.from_dict(d["key"]), params=int(d["params"]),
                    allocated=Terms.from_dict(d["allocated"]),
                    reserved=Terms.from_dict(d["reserved"]),
                    breakdown={k: Terms.from_dict(v) for k, v in d.get("breakdown", {}).items()},
-                   traced_at=list(d.get("traced_at", [])), source=str(d.get("source", "")))
+                   traced_at=list(d.get("traced_at", [])), source=str(d.get("source", "")),
+                   task=str(d.get("task", "detect")),
+                   reserved_default=Terms.from_dict(default) if default else None)
 
 
 @dataclass(frozen=True)
@@ -197,7 +247,8 @@ def ddp_bucket_bytes(profile: Profile) -> int:
 
 
 def estimate(profile: Profile, batch: int, objects: int, gpu: GpuClass,
-             mosaic: bool = True, world_size: int = 1) -> Estimate:
+             mosaic: bool = True, world_size: int = 1,
+             expandable_segments: bool = True, epoch_emptied: bool = False) -> Estimate:
     """Peak per GPU at `batch` samples per GPU and `objects` labels per *image* (the dataset
     property; mosaic multiplies it by four per sample unless `mosaic` is False).
 
@@ -208,6 +259,12 @@ def estimate(profile: Profile, batch: int, objects: int, gpu: GpuClass,
     (world_size > 1) it adds the gradient buckets (Ultralytics wraps the model with
     gradient_as_bucket_view=False, so DDP keeps a second copy of every gradient; PyTorch
     DistributedDataParallel docs) and NCCL's buffers (outside the allocator).
+    Reserved bytes: with expandable segments (what the yolofit trainer sets) the allocator
+    model's replay plus the class's `fragmentation` margin; with the default allocator (stock
+    Ultralytics, `expandable_segments=False`) the traced *allocated* peak plus the
+    field-fitted default-allocator overhead (`epoch_emptied`: Ultralytics <= 8.3.85 empties
+    the cache at every epoch end) - the allocator model's own default-mode replay misses the
+    field runs by -11 to +9 % (benchmarks/RESULTS.md), the fitted fraction does not.
     """
     per_sample = objects_per_sample(objects, mosaic)
     names = [c for c in COMPONENTS if c in profile.breakdown]
@@ -221,9 +278,15 @@ def estimate(profile: Profile, batch: int, objects: int, gpu: GpuClass,
         breakdown["nccl"] = gpu.nccl_bytes
         extra_allocated += grads
         extra_outside += gpu.nccl_bytes
-    allocated = profile.allocated.at(batch, per_sample) + extra_allocated
-    traced_reserved = profile.reserved.at(batch, per_sample)
-    fragmentation = gpu.fragmentation_bytes(traced_reserved)
+    traced_allocated = profile.allocated.at(batch, per_sample)
+    allocated = traced_allocated + extra_allocated
+    if expandable_segments:
+        traced_reserved = profile.reserved.at(batch, per_sample)
+        fragmentation = gpu.fragmentation_bytes(traced_reserved)
+    else:
+        traced_reserved = traced_allocated
+        fragmentation = gpu.default_allocator_overhead(traced_allocated, epoch_emptied)
+        breakdown.pop("allocator_overhead", None)  # the fitted overhead stands for it
     reserved = traced_reserved + extra_allocated + fragmentation
     breakdown["cublas_workspace"] = gpu.cublas_workspace_bytes
     breakdown["cudnn_workspace"] = gpu.cudnn_workspace_bytes

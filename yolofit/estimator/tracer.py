@@ -313,10 +313,23 @@ def default_train_args() -> SimpleNamespace:
 
 
 def head_nc(model: Any) -> int:
-    """Classes of the model's detection head (what the loss and the synthetic labels use)."""
+    """Classes of the model's head (what the loss and the synthetic labels use)."""
     head = model.model[-1] if hasattr(model, "model") else None
-    nc: Any = getattr(head, "nc", None) or getattr(model, "nc", 80)
-    return int(nc)
+    nc: Any = getattr(head, "nc", None) or getattr(model, "nc", None)
+    if nc is None and head is not None and hasattr(head, "linear"):  # Classify
+        nc = head.linear.out_features
+    return int(nc or 80)
+
+
+def model_task(model: Any) -> str:
+    """detect | segment | pose | obb | classify, by the Ultralytics model class."""
+    import ultralytics.nn.tasks as tasks
+
+    for cls, task in ((tasks.SegmentationModel, "segment"), (tasks.PoseModel, "pose"),
+                      (tasks.OBBModel, "obb"), (tasks.ClassificationModel, "classify")):
+        if isinstance(model, cls):
+            return task
+    return "detect"
 
 
 def prepare_model(model: Any, nc: int) -> Any:
@@ -361,26 +374,102 @@ def build_optimizer(model: torch.nn.Module, name: str, iterations: int = 1000
     return opt
 
 
-def synthetic_batch(batch: int, imgsz: int, objects: int, seed: int = 0, nc: int = 2
-                    ) -> dict[str, torch.Tensor]:
-    """A collated Ultralytics batch with exactly `objects` labels per image (host side)."""
+@dataclass(frozen=True)
+class TaskShape:
+    """What a task's batch holds besides boxes: the segment mask ratio and overlap setting
+    (Ultralytics' default cfg: mask_ratio 4, overlap_mask True), the pose keypoint shape,
+    and whether a YOLO26 segment head also wants semantic masks."""
+
+    task: str = "detect"
+    mask_ratio: int = 4
+    overlap_mask: bool = True
+    kpt_shape: tuple[int, int] = (17, 3)
+    semantic: bool = False
+
+
+def task_shape(model: Any) -> TaskShape:
+    task = model_task(model)
+    head = model.model[-1]
+    kpt = tuple(getattr(head, "kpt_shape", (17, 3)))
+    args = default_train_args()
+    # YOLO26's Proto26 adds semantic logits in training (its `semseg` branch), and its loss
+    # then reads batch["sem_masks"].
+    semantic = task == "segment" and getattr(getattr(head, "proto", None), "semseg",
+                                             None) is not None
+    return TaskShape(task, int(args.mask_ratio), bool(args.overlap_mask),
+                     (int(kpt[0]), int(kpt[1])), semantic)
+
+
+def synthetic_batch(batch: int, imgsz: int, objects: int, seed: int = 0, nc: int = 2,
+                    shape: TaskShape | None = None) -> dict[str, torch.Tensor]:
+    """A collated Ultralytics batch of the task's shape with exactly `objects` labels per
+    image (host side), as the task's dataset and `collate_fn` make it:
+    detect: img uint8, batch_idx, cls, bboxes (xywh, normalised);
+    segment: + masks, (b, h/r, w/r) uint8 object indices when overlap_mask (int32 above 255
+    objects), else (n, h/r, w/r) uint8 per object; YOLO26 seg also sem_masks (b, h/r, w/r);
+    pose: + keypoints (n, k, d) normalised; obb: bboxes (n, 5) xywhr;
+    classify: img float32 (normalised by the transforms on the host), cls (b,) int64."""
+    shape = shape or TaskShape()
     g = torch.Generator().manual_seed(seed)
+    if shape.task == "classify":
+        return {"img": torch.randn(batch, 3, imgsz, imgsz, generator=g),
+                "cls": torch.randint(0, nc, (batch,), generator=g)}
     n = batch * objects
     wh = 0.05 + 0.25 * torch.rand(n, 2, generator=g)
     xy = wh / 2 + (1 - wh) * torch.rand(n, 2, generator=g)
-    return {
+    out = {
         "img": torch.randint(0, 255, (batch, 3, imgsz, imgsz), dtype=torch.uint8, generator=g),
         "batch_idx": torch.arange(batch).repeat_interleave(objects).float(),
         "cls": torch.randint(0, nc, (n, 1), generator=g).float(),
         "bboxes": torch.cat([xy, wh], 1),
     }
+    if shape.task == "obb":
+        angle = (torch.rand(n, 1, generator=g) - 0.5) * torch.pi / 2
+        out["bboxes"] = torch.cat([xy, wh, angle], 1)
+    elif shape.task == "pose":
+        k, d = shape.kpt_shape
+        kpts = xy[:, None, :] + (torch.rand(n, k, 2, generator=g) - 0.5) * wh[:, None, :]
+        if d == 3:
+            kpts = torch.cat([kpts, torch.ones(n, k, 1)], 2)
+        out["keypoints"] = kpts
+    elif shape.task == "segment":
+        h = w = imgsz // shape.mask_ratio
+        masks = _box_masks(xy, wh, batch, objects, h, w, shape.overlap_mask)
+        out["masks"] = masks
+        if shape.semantic:
+            out["sem_masks"] = torch.zeros(batch, h, w)
+    return out
+
+
+def _box_masks(xy: torch.Tensor, wh: torch.Tensor, batch: int, objects: int, h: int, w: int,
+               overlap: bool) -> torch.Tensor:
+    """Masks that fill each label's box: overlap_mask puts object i+1's index into one
+    (h, w) map per image (uint8, int32 above 255 objects, as polygons2masks_overlap); else
+    one (h, w) uint8 map per object."""
+    ys = (torch.arange(h).float() + 0.5) / h
+    xs = (torch.arange(w).float() + 0.5) / w
+    x1, y1 = (xy - wh / 2).unbind(1)
+    x2, y2 = (xy + wh / 2).unbind(1)
+    inside = ((ys[None, :, None] >= y1[:, None, None]) & (ys[None, :, None] < y2[:, None, None])
+              & (xs[None, None, :] >= x1[:, None, None]) & (xs[None, None, :] < x2[:, None, None]))
+    if not overlap:
+        return inside.to(torch.uint8)
+    dtype = torch.int32 if objects > 255 else torch.uint8
+    out = torch.zeros(batch, h, w, dtype=dtype)
+    for i in range(batch * objects):  # later objects paint over earlier ones
+        out[i // max(objects, 1)][inside[i]] = i % objects + 1
+    return out
 
 
 def _to_device(host: dict[str, torch.Tensor], half: bool) -> dict[str, torch.Tensor]:
-    """`preprocess_batch`: H2D copies (new device storages), then img.float()/255."""
+    """`preprocess_batch`: H2D copies (new device storages), then img.float()/255 (classify:
+    the host image is already a normalised float tensor, only copied)."""
     batch = {k: v.clone() for k, v in host.items()}  # the device copies
     img = batch["img"]
-    batch["img"] = (img.half() if half else img.float()) / 255
+    if img.dtype == torch.uint8:
+        batch["img"] = (img.half() if half else img.float()) / 255
+    elif half:
+        batch["img"] = img.half()
     return batch
 
 
@@ -421,10 +510,12 @@ def prepare_training(model: torch.nn.Module, cfg: StepConfig) -> TrainState:
     # The scale's value does not change memory; 1.0 keeps fp16 grads finite so every
     # optimizer (also non-fused SGD, which GradScaler skips on inf) builds its state.
     scaler = torch.amp.GradScaler("cpu", enabled=cfg.amp == "fp16", init_scale=1.0)
+    shape = task_shape(model)
     return TrainState(model, ema, optimizer, scaler,
-                      synthetic_batch(cfg.batch, cfg.imgsz, cfg.objects, cfg.seed, min(nc, 2)),
+                      synthetic_batch(cfg.batch, cfg.imgsz, cfg.objects, cfg.seed, min(nc, 2),
+                                      shape),
                       synthetic_batch(2 * cfg.batch, cfg.imgsz, cfg.objects, cfg.seed + 1,
-                                      min(nc, 2)),
+                                      min(nc, 2), shape),
                       cfg)
 
 

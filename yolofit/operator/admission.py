@@ -12,7 +12,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from yolofit.estimator import planner
+from yolofit.estimator.identity import model_task
 from yolofit.estimator.profile import ProfileKey, ProfileMissing, ProfileStore
+from yolofit.estimator.train_args import memory_effects
 from yolofit.operator import pod_rules, ultralytics_args
 from yolofit.operator import policy as pol
 from yolofit.operator.api import GPUCapacityPolicySpec, Plan, YOLOTrainingJobSpec
@@ -43,7 +45,9 @@ def model_id(model: str) -> str:
 def plan_request(spec: YOLOTrainingJobSpec, policy: GPUCapacityPolicySpec,
                  batch_per_gpu: int | None = None) -> planner.PlanRequest:
     levers = policy.levers
+    effects = memory_effects(spec.args)
     return planner.PlanRequest(
+        mosaic=effects.mosaic, multi_scale=effects.multi_scale,
         model=spec.model, nc=spec.classes, imgsz=spec.imgsz, nbs=spec.nbs,
         world_size=spec.gpus.nodes * spec.gpus.per_node, amp=spec.amp,
         objects=spec.max_objects_per_image or policy.default_objects_per_image,
@@ -63,7 +67,25 @@ def to_api_plan(p: planner.Plan, spec: YOLOTrainingJobSpec, margin: float) -> Pl
         predicted_reserved_bytes=p.predicted_reserved_bytes,
         predicted_device_bytes=p.predicted_device_bytes, usable_bytes=p.usable_bytes,
         utilisation=round(p.utilisation, 4), estimate=format_bytes(p.predicted_device_bytes),
-        margin=margin, breakdown=dict(p.breakdown), reason=p.reason, profile=p.profile_id)
+        margin=margin, breakdown=dict(p.breakdown), reason=p.reason, profile=p.profile_id,
+        task=job_task(spec) or "detect")
+
+
+def job_task(spec: YOLOTrainingJobSpec) -> str | None:
+    """spec.task, else the model's own task (None: a custom checkpoint whose name says
+    nothing; it trains as what the checkpoint is)."""
+    return spec.task or model_task(spec.model)
+
+
+def task_error(spec: YOLOTrainingJobSpec) -> str | None:
+    """One line when spec.task disagrees with the model (e.g. a -cls model, task detect)."""
+    if spec.task is None:
+        return None
+    own = model_task(spec.model)
+    if own is not None and own != spec.task:
+        return (f"spec.task: {spec.model} trains task {own}, not {spec.task}; "
+                f"set task: {own} or omit it")
+    return None
 
 
 # A Service name (DNS-1035 label). Job names are refused, not mapped: the job's Service,
@@ -80,11 +102,9 @@ def suggest_name(name: str) -> str:
     return fixed[:MAX_JOB_NAME].rstrip("-")
 
 
-def static_errors(name: str, namespace: str, spec: YOLOTrainingJobSpec,
-                  policy: GPUCapacityPolicySpec, classes: Mapping[str, ClassInfo]) -> list[str]:
-    """Everything that can be refused without a profile."""
-    errors = ultralytics_args.validate(spec.args)
-    errors += pod_rules.errors(spec, policy, namespace)
+def name_errors(name: str) -> list[str]:
+    """The job's name must name its headless Service, pods and their DNS subdomain."""
+    errors = []
     if name and not SERVICE_NAME.fullmatch(name):
         errors.append(f"metadata.name: {name!r} cannot name the job's headless Service and its "
                       f"pods' DNS subdomain: it must be a DNS-1035 label (lowercase letters, "
@@ -93,6 +113,18 @@ def static_errors(name: str, namespace: str, spec: YOLOTrainingJobSpec,
     if len(name) > MAX_JOB_NAME:
         errors.append(f"metadata.name: at most {MAX_JOB_NAME} characters (pods are named "
                       f"<name>-worker-<i>), got {len(name)}")
+    return errors
+
+
+def static_errors(name: str, namespace: str, spec: YOLOTrainingJobSpec,
+                  policy: GPUCapacityPolicySpec, classes: Mapping[str, ClassInfo]) -> list[str]:
+    """Everything that can be refused without a profile."""
+    errors = ultralytics_args.validate(spec.args)
+    errors += pod_rules.errors(spec, policy, namespace)
+    errors += name_errors(name)
+    if (wrong_task := task_error(spec)) is not None:
+        errors.append(wrong_task)
+    errors += memory_effects(spec.args).refusals
     gpus = spec.gpus.nodes * spec.gpus.per_node
     rule = pol.namespace_rule(policy, namespace)
     if rule is not None and rule.max_gpus_per_job is not None and gpus > rule.max_gpus_per_job:
@@ -179,7 +211,8 @@ def decide(name: str, namespace: str, spec: YOLOTrainingJobSpec, policy: GPUCapa
         return Decision(errors=(f"spec: does not fit: {reason}" + (f"; {note}" if note
                                                                     else ""),))
     margin = margins.get(margin_key(namespace, model, result.gpu_class), 0.0)
-    plan = to_api_plan(result, spec, margin)
+    plan = to_api_plan(result, spec, margin).model_copy(
+        update={"objects_per_image": req.objects})
     if note:
         plan = plan.model_copy(update={"reason": f"{plan.reason}; {note}".lstrip("; ")})
     return Decision(plan=sharing.describe(plan, classes[result.gpu_class]))

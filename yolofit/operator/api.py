@@ -24,6 +24,7 @@ TERMINAL_PHASES = frozenset({"Succeeded", "Failed"})
 AmpPolicy = Literal["auto", "fp16", "bf16", "off"]
 AmpMode = Literal["fp16", "bf16", "off"]
 OptimizerName = Literal["auto", "SGD", "AdamW", "MuSGD"]
+Task = Literal["detect", "segment", "pose", "obb", "classify"]
 
 
 class Model(BaseModel):
@@ -93,6 +94,12 @@ class Plan(Model):
                                  "the card or MIG slice, or the prediction plus headroom "
                                  "for dra, hami and kai.")
     requested: str = Field("", description="requestedBytes, human readable.")
+    task: str = Field("", description="Ultralytics task planned and trained (spec.task, or "
+                      "the model's own task).")
+    objects_per_image: int = Field(0, ge=0, description="Most objects per image the plan "
+                                   "assumed (spec.maxObjectsPerImage or the policy default); "
+                                   "the trainer stops before its first step when the data "
+                                   "holds more (exit reason data-denser).")
 
 
 class YOLOTrainingJobSpec(Model):
@@ -101,7 +108,11 @@ class YOLOTrainingJobSpec(Model):
     model: str = Field(min_length=1, max_length=253, description="Ultralytics model, e.g. "
                        "yolov8s, yolo11m.yaml or a .pt path inside a mounted volume.")
     data: str = Field(min_length=1, description="Dataset YAML path inside a mounted volume, "
-                      "e.g. /data/coco.yaml.")
+                      "e.g. /data/coco.yaml (classify: the dataset directory).")
+    task: Task | None = Field(None, description="Ultralytics task: detect, segment, pose, "
+                              "obb or classify. Default: the model's own task (its YAML "
+                              "head, or the -seg/-pose/-obb/-cls suffix of its name); a task "
+                              "that disagrees with the model is refused.")
     classes: int = Field(80, ge=1, le=100000, description="Number of classes (nc) of the "
                          "dataset; the memory profile depends on it.")
     imgsz: int = Field(640, ge=32, le=4096, multiple_of=32, description="Training image "

@@ -115,6 +115,7 @@ def _column(name: str, path: str, type_: str = "string", description: str = "",
 
 
 JOB_COLUMNS = [
+    _column("TASK", ".spec.plan.task", description="Ultralytics task"),
     _column("CLASS", ".spec.plan.gpuClass", description="GPU class of the plan"),
     _column("SLICE", ".spec.plan.slice", description="What each pod gets: a MIG slice, a "
             "DRA claim, a HAMi or KAI share"),

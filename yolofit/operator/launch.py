@@ -92,7 +92,8 @@ def train_config(name: str, namespace: str, spec: YOLOTrainingJobSpec, plan: Pla
         "gpu_class": plan.gpu_class, "estimate_bytes": plan.predicted_device_bytes,
         "metrics_port": metrics_port, "project": spec.output_dir, "name": name,
         "attempt": attempt, "world_size": plan.gpus, "nodes": plan.nodes,
-        "gpus_per_node": plan.gpus_per_node,
+        "gpus_per_node": plan.gpus_per_node, "task": plan.task or spec.task,
+        "objects_per_image": plan.objects_per_image or None,
     }
 
 

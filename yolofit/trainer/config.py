@@ -29,6 +29,7 @@ PLAN_OWNED_ARGS = frozenset(
         "name",
         "save_dir",
         "resume",
+        "task",
     }
 )
 
@@ -42,7 +43,13 @@ class TrainConfig(BaseModel):
         description="Ultralytics model: a model YAML (e.g. 'yolov8n.yaml', trained "
         "from scratch) or a local .pt checkpoint path. Nothing is downloaded."
     )
-    data: str = Field(description="Path of the dataset YAML inside the pod (a mounted volume).")
+    data: str = Field(description="Path of the dataset YAML inside the pod (a mounted volume); "
+                      "for classify, the dataset directory (train/ and val/ class folders).")
+    task: Literal["detect", "segment", "pose", "obb", "classify"] | None = Field(
+        None, description="Ultralytics task (spec.task); default: the model's own task.")
+    objects_per_image: int | None = Field(
+        None, ge=0, description="Most objects per image the plan assumed; before its first "
+        "step the trainer measures the data and stops (data-denser) when it holds more.")
     imgsz: int = Field(640, gt=0, description="Training image size in pixels (planned).")
     epochs: int = Field(1, gt=0, description="Number of epochs.")
     batch_per_gpu: int = Field(gt=0, description="Images per rank per forward/backward pass.")

@@ -23,6 +23,17 @@ class DataMissing(TrainerFailure):
     reason = "data-missing"
 
 
+class DataDenser(TrainerFailure):
+    """The data holds more objects per image than the plan assumed (exit code 3): the
+    operator re-plans with the measured figure before any GPU memory is spent."""
+
+    reason = "data-denser"
+
+    def __init__(self, message: str, objects_per_image: int) -> None:
+        super().__init__(message)
+        self.objects_per_image = objects_per_image
+
+
 class PlanMismatch(TrainerFailure):
     """The plan does not fit the launch (world size, accumulation): an operator bug (exit 1)."""
 

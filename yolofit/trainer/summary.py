@@ -26,9 +26,12 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-ExitReason = Literal["completed", "oom", "error", "data-missing"]
+ExitReason = Literal["completed", "oom", "error", "data-missing", "data-denser"]
 
-EXIT_CODES: dict[ExitReason, int] = {"completed": 0, "error": 1, "data-missing": 2, "oom": 88}
+# data-denser: the dataset holds more objects per image than the plan assumed; the operator
+# re-plans with `objects_per_image` (the measured densest image) before any GPU step.
+EXIT_CODES: dict[ExitReason, int] = {"completed": 0, "error": 1, "data-missing": 2,
+                                     "data-denser": 3, "oom": 88}
 MESSAGE_LIMIT = 1024  # chars of the message kept at most (before the byte budget)
 MAX_BYTES = 3900  # the kubelet keeps 4096 bytes of a termination message; leave some slack
 MAX_LOCAL_RANKS = 16  # the most GPUs per pod the API allows (spec.gpus.perNode)
@@ -42,7 +45,8 @@ RANK_FIELDS = (
     "exit_code",
 )
 # A pod reports the most telling failure of its ranks.
-_REASON_PRIORITY: tuple[ExitReason, ...] = ("oom", "data-missing", "error", "completed")
+_REASON_PRIORITY: tuple[ExitReason, ...] = ("oom", "data-denser", "data-missing", "error",
+                                             "completed")
 
 
 @dataclass
@@ -63,6 +67,7 @@ class Summary:
     epochs_done: int = 0  # epochs with a checkpoint on the volume when the rank ended
     save_dir: str = ""  # this attempt's output directory
     resumed_from: str = ""  # the checkpoint this attempt resumed from ("" = fresh start)
+    objects_per_image: int | None = None  # measured densest training image (data-denser)
 
     @property
     def exit_code(self) -> int:
@@ -88,6 +93,8 @@ def pod_fields(summaries: Sequence[Summary]) -> dict[str, Any]:
         exit_reason=worst.exit_reason,
         message=worst.message[:MESSAGE_LIMIT],
         epochs_done=max(s.epochs_done for s in ranks),
+        objects_per_image=max((s.objects_per_image for s in ranks
+                               if s.objects_per_image is not None), default=None),
         ranks=[[s.rank, s.peak_allocated_bytes, s.peak_reserved_bytes, s.device_total_bytes,
                 s.steps, s.exit_code] for s in ranks],
     )

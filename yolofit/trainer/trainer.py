@@ -1,4 +1,8 @@
-"""DDP training of an Ultralytics YOLO detection model with Ultralytics' own DetectionTrainer.
+"""DDP training of an Ultralytics YOLO model with Ultralytics' own trainer of its task.
+
+`trainer_class(task)` is the task's Ultralytics trainer (DetectionTrainer,
+SegmentationTrainer, PoseTrainer, OBBTrainer, ClassificationTrainer) with yolofit's DDP
+mixed in; `YolofitTrainer` is the detection one.
 
 Ultralytics' trainer supports DDP only as it launches it itself: one node, CUDA only, world size =
 the number of devices in `device=`, its own process group. The pods the operator launches are
@@ -20,6 +24,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import importlib
 import json
 import os
 import signal
@@ -36,7 +41,7 @@ from ultralytics.models.yolo.detect import DetectionTrainer
 from yolofit.trainer import resume
 from yolofit.trainer.config import TrainConfig, TrainerSettings
 from yolofit.trainer.ddp import Topology, init_process_group
-from yolofit.trainer.errors import DataMissing, PlanMismatch, UnsupportedUltralytics
+from yolofit.trainer.errors import DataDenser, DataMissing, PlanMismatch, UnsupportedUltralytics
 from yolofit.trainer.exporter import TrainerMetrics
 from yolofit.trainer.memory import MemoryTracker
 from yolofit.trainer.offline import block_downloads, offline_requested
@@ -61,6 +66,40 @@ def _dataset_dirs(data_yaml: Path) -> list[Path]:
     return dirs
 
 
+# The Ultralytics trainer of each task: (module, class).
+TASK_TRAINERS: dict[str, tuple[str, str]] = {
+    "detect": ("ultralytics.models.yolo.detect", "DetectionTrainer"),
+    "segment": ("ultralytics.models.yolo.segment", "SegmentationTrainer"),
+    "pose": ("ultralytics.models.yolo.pose", "PoseTrainer"),
+    "obb": ("ultralytics.models.yolo.obb", "OBBTrainer"),
+    "classify": ("ultralytics.models.yolo.classify", "ClassificationTrainer"),
+}
+
+
+def model_task(cfg: TrainConfig) -> str:
+    """The task to train: the plan's, else the model's own (Ultralytics' guess_model_task
+    on its YAML or checkpoint). A plan whose task disagrees with the model fails here."""
+    from ultralytics.nn.tasks import guess_model_task
+
+    model = model_argument(cfg.model)
+    guessed = None
+    with contextlib.suppress(Exception):
+        if model.endswith((".yaml", ".yml")):
+            from ultralytics.nn.tasks import yaml_model_load
+
+            guessed = guess_model_task(yaml_model_load(model))
+        else:
+            guessed = guess_model_task(model)
+    if cfg.task and guessed and guessed != cfg.task:
+        raise PlanMismatch(f"task: the plan says {cfg.task} but {cfg.model} is a "
+                           f"{guessed} model")
+    task = cfg.task or guessed or "detect"
+    if task not in TASK_TRAINERS:
+        raise PlanMismatch(f"task: {task} is not one yolofit trains "
+                           f"({', '.join(TASK_TRAINERS)})")
+    return task
+
+
 def model_argument(model: str) -> str:
     """The `model=` Ultralytics gets. A bare name such as 'yolov8s' (spec.model's short form)
     means that model's YAML, trained from scratch: Ultralytics would download yolov8s.pt."""
@@ -70,11 +109,16 @@ def model_argument(model: str) -> str:
 def check_inputs(cfg: TrainConfig) -> None:
     """Fail with a message naming the path before Ultralytics would try to download it."""
     data_yaml = Path(cfg.data)
-    if not data_yaml.is_file():
+    if data_yaml.is_dir():  # classify: a folder of train/ and val/ class folders
+        if not (data_yaml / "train").is_dir():
+            raise DataMissing(f"classification dataset {data_yaml} has no train/ folder "
+                              "(spec.data)")
+    elif not data_yaml.is_file():
         raise DataMissing(
             f"dataset YAML not found: {data_yaml} (spec.data; is its volume mounted?)"
         )
-    missing = [d for d in _dataset_dirs(data_yaml) if not d.exists()]
+    missing = [] if data_yaml.is_dir() else [d for d in _dataset_dirs(data_yaml)
+                                             if not d.exists()]
     if missing:
         raise DataMissing(f"dataset {data_yaml} names a missing path: {missing[0]}")
     model = model_argument(cfg.model)
@@ -93,6 +137,25 @@ def check_inputs(cfg: TrainConfig) -> None:
         raise DataMissing(
             f"model YAML not found: {model} (neither a file nor an Ultralytics model name)"
         ) from None
+
+
+def check_density(cfg: TrainConfig, task: str) -> int | None:
+    """The densest training image's object count (label cache or files, as `yolofit data
+    stats` reads them); DataDenser when it exceeds what the plan assumed. None for
+    classification (no objects) or a plan that assumed nothing."""
+    if task == "classify" or cfg.objects_per_image is None:
+        return None
+    from yolofit.estimator.density import dataset_stats
+
+    train = next((s for s in dataset_stats(cfg.data) if s.split == "train"), None)
+    if train is None:
+        return None
+    if train.max > cfg.objects_per_image:
+        raise DataDenser(
+            f"data: the densest training image holds {train.max} objects, the plan assumed "
+            f"at most {cfg.objects_per_image} per image (spec.maxObjectsPerImage); re-plan "
+            f"with {train.max} ({train.source})", train.max)
+    return train.max
 
 
 def check_bf16_support() -> None:
@@ -171,8 +234,11 @@ def _cpu_ddp(device: torch.device) -> Iterator[None]:
         nn.parallel.DistributedDataParallel = original  # type: ignore[misc]
 
 
-class YolofitTrainer(DetectionTrainer):  # type: ignore[misc]
-    """DetectionTrainer whose ranks and process group come from the pod, not from `device=`."""
+class _YolofitDDP:
+    """Mixed into a task's Ultralytics trainer: ranks and process group come from the pod,
+    not from `device=`."""
+
+    run_state: RunState
 
     def __init__(self, run: RunState, overrides: dict[str, Any]) -> None:
         self.run_state = run
@@ -238,6 +304,23 @@ class YolofitTrainer(DetectionTrainer):  # type: ignore[misc]
                 strip_optimizer(self.best, updates={"train_results": ckpt.get("train_results")})
         torch.distributed.barrier()
         return None
+
+
+class YolofitTrainer(_YolofitDDP, DetectionTrainer):  # type: ignore[misc]
+    """DetectionTrainer whose ranks and process group come from the pod."""
+
+
+_TRAINERS: dict[str, type] = {"detect": YolofitTrainer}
+
+
+def trainer_class(task: str) -> type:
+    """The task's Ultralytics trainer with yolofit's DDP mixed in (built once per task)."""
+    if task not in _TRAINERS:
+        module, name = TASK_TRAINERS[task]
+        base = getattr(importlib.import_module(module), name)
+        _TRAINERS[task] = type(f"Yolofit{name}", (_YolofitDDP, base), {
+            "__doc__": f"{name} whose ranks and process group come from the pod."})
+    return _TRAINERS[task]
 
 
 def state_hashes(model: nn.Module) -> dict[str, str]:
@@ -333,7 +416,9 @@ class RunState:
 
         sampler = getattr(trainer.train_loader, "sampler", None)
         if isinstance(sampler, DistributedSampler):
-            files = trainer.train_loader.dataset.im_files
+            dataset = trainer.train_loader.dataset
+            files = getattr(dataset, "im_files", None) or [  # classify: (path, class, ...)
+                s[0] for s in dataset.samples]
             self.shards.append(sorted(Path(files[i]).name for i in sampler))
 
     @property
@@ -421,8 +506,14 @@ def train(
                                f"({summary.resumed_from}); nothing to resume")
             print(f"yolofit train: {summary.message}")
             return run
-        overrides = ultralytics_overrides(cfg, topo, device, point.path if point else None)
-        trainer = YolofitTrainer(run, overrides)
+        overrides = {**ultralytics_overrides(cfg, topo, device, point.path if point else None),
+                     "task": model_task(cfg)}
+        try:
+            check_density(cfg, overrides["task"])
+        except DataDenser as exc:
+            summary.objects_per_image = exc.objects_per_image
+            raise
+        trainer = trainer_class(overrides["task"])(run, overrides)
         for event in ("on_train_start", "on_train_epoch_start", "on_train_batch_end",
                       "on_train_epoch_end", "on_fit_epoch_end"):
             trainer.add_callback(event, getattr(run, event))

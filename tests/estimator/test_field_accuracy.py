@@ -1,0 +1,87 @@
+"""Accuracy guard: every field row estimated with the shipped profiles and constants.
+
+The rows are the published runs in yolofit/estimator/data/field (read as rows.json says);
+the estimate is what `estimate()` gives with the default allocator (stock Ultralytics) and
+the constants in gpu_classes.json. Bands (stated in benchmarks/RESULTS.md, field section):
+- sparse detection rows: each within [-10 %, +17 %]; median |error| <= 5 %, p90 <= 12 %;
+- segment rows (never fitted): never under, and at most +45 % over. That is NOT the
+  issue's +-10 %: the traced mask loss over-predicts both published segment runs by 36-42 %
+  (benchmarks/RESULTS.md); the band guards against regressions either way until a GPU run
+  says where the trace and CUDA part;
+- every non-segment row: the estimate never exceeds the measurement by more than 17 %, and
+  no row with a known-enough density (sparse or moderate) is under by more than 10 %.
+Dense rows (VisDrone, WIDER FACE, sewer) are not banded from below: their densest image is
+not published, and the stated mean under-predicts them (the table reports the density at
+which the estimate meets the measurement). Pure arithmetic: no tracing, milliseconds.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from yolofit.estimator import field
+from yolofit.estimator.calibration import CUDNN_RANGE_MIB, OVERHEAD_RANGE
+from yolofit.estimator.gpu import DATA, MiB
+from yolofit.estimator.profile import ProfileStore
+
+ROWS = field.load_rows()
+
+
+@pytest.fixture(scope="module")
+def errors() -> dict[str, float]:
+    profiles = field.profiles_for(ROWS, ProfileStore(cache_dir="/nonexistent"))
+    return {r.source: field.predict(r, profiles[r.source], field.gpu_for(r)) / r.measured_bytes
+            - 1 for r in ROWS}
+
+
+def test_every_row_is_read_and_has_a_shipped_profile(errors: dict[str, float]) -> None:
+    assert len(ROWS) == 24 and len(errors) == 24
+    assert {r.task for r in ROWS} == {"detect", "segment", "pose"}
+    # Units follow each row's notes: GB rows are decimal, GiB rows binary.
+    gb = next(r for r in ROWS if r.source == "field_gpu_mem.csv:1")
+    assert gb.measured_bytes == pytest.approx(2.16e9)
+    gib = next(r for r in ROWS if r.source == "field_gpu_mem_2.csv:1")
+    assert gib.measured_bytes == pytest.approx(1.3 * 2**30)
+
+
+@pytest.mark.parametrize("row", [r for r in ROWS if r.density == "sparse" and r.task == "detect"],
+                         ids=lambda r: r.source)
+def test_sparse_detection_row_within_band(row: field.FieldRow, errors: dict[str, float]) -> None:
+    assert -0.10 <= errors[row.source] <= 0.17, \
+        f"{row.model} b{row.batch}: {errors[row.source]:+.1%}"
+
+
+def test_sparse_detection_summary(errors: dict[str, float]) -> None:
+    acc = field.accuracy([errors[r.source] for r in ROWS
+                          if r.density == "sparse" and r.task == "detect"])
+    assert acc.n == 16
+    assert acc.median_abs <= 0.05, acc
+    assert acc.p90_abs <= 0.12, acc
+
+
+@pytest.mark.parametrize("row", [r for r in ROWS if r.task == "segment"], ids=lambda r: r.source)
+def test_segment_row_within_its_band(row: field.FieldRow, errors: dict[str, float]) -> None:
+    assert 0.0 <= errors[row.source] <= 0.45, f"{row.model}: {errors[row.source]:+.1%}"
+
+
+@pytest.mark.parametrize("row", ROWS, ids=lambda r: r.source)
+def test_no_row_far_over_and_known_density_not_far_under(row: field.FieldRow,
+                                                        errors: dict[str, float]) -> None:
+    if row.task != "segment":
+        assert errors[row.source] <= 0.17
+    if row.density != "dense":
+        assert errors[row.source] >= -0.10
+
+
+def test_constants_are_physical_and_say_where_they_come_from() -> None:
+    defaults = json.loads(DATA.read_text())["defaults"]
+    assert CUDNN_RANGE_MIB[0] <= defaults["cudnn_workspace_mib"] <= CUDNN_RANGE_MIB[1]
+    for k in ("fragmentation_default_allocator",
+              "fragmentation_default_allocator_epoch_emptied"):
+        assert OVERHEAD_RANGE[0] <= defaults[k] <= OVERHEAD_RANGE[1]
+    fit = defaults["field_fit"]
+    assert "data/field" in fit["source"] and fit["rows"] == 16
+    assert fit["holdout"]["leave-one-out (sparse detection rows)"]["median_abs"] <= 0.05
+    assert defaults["cudnn_workspace_mib"] * MiB > 0  # the allowance is a real term

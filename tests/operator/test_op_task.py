@@ -1,0 +1,36 @@
+"""spec.task: defaulted from the model, refused in one line naming the field when it
+disagrees, carried into the plan (TASK column) and the trainer's config."""
+
+from __future__ import annotations
+
+import pytest
+
+from yolofit.operator.admission import job_task, task_error
+from yolofit.operator.api import Plan, YOLOTrainingJobSpec
+from yolofit.operator.launch import train_config
+
+
+@pytest.mark.parametrize(("model", "task", "effective", "refused"), [
+    ("yolov8n", None, "detect", False),
+    ("yolo11s-seg", None, "segment", False),
+    ("yolo11s-pose.pt", "pose", "pose", False),
+    ("yolo11s-cls", "detect", "detect", True),
+    ("yolo11s-obb.yaml", "segment", "segment", True),
+    ("yolov8s", "classify", "classify", True),
+    ("/data/runs/best.pt", "pose", "pose", False),  # the pod checks the checkpoint
+])
+def test_task_default_and_refusal(model: str, task: str | None, effective: str,
+                                  refused: bool) -> None:
+    spec = YOLOTrainingJobSpec(model=model, data="/d/data.yaml", task=task)
+    assert job_task(spec) == effective
+    error = task_error(spec)
+    assert (error is not None) == refused
+    if error:
+        assert error.startswith("spec.task: ") and "\n" not in error
+
+
+def test_task_reaches_the_trainer() -> None:
+    spec = YOLOTrainingJobSpec(model="yolo11s-seg", data="/d/data.yaml")
+    plan = Plan(gpu_class="t4", nodes=1, gpus_per_node=1, gpus=1, batch_per_gpu=8,
+                accumulate=8, amp="fp16", imgsz=640, task="segment")
+    assert train_config("j", "ns", spec, plan, 0)["task"] == "segment"

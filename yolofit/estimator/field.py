@@ -1,0 +1,204 @@
+"""The field measurements the estimator is calibrated and checked against.
+
+`data/field/` holds two CSV files of published Ultralytics training runs (copied unchanged
+from the project's shared field data, described in its README.md) and `rows.json`, which
+says how each row is read: its model, task, classes, objects per image, optimizer, the
+unit of its GPU_mem value and, where the notes name another peak, the measured value. Every
+CSV row must have an entry (in file order) and every entry's unit must be the one the row's
+notes state, so the reading cannot drift from the data.
+
+GPU_mem is `torch.cuda.memory_reserved()` on rank 0 of stock Ultralytics (default
+allocator, no expandable segments), without the CUDA context; so the quantity compared is
+the estimate's peak *reserved* bytes with the default allocator's terms.
+Pure: no torch.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import re
+import statistics
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from yolofit.estimator.gpu import GpuClass, from_memory, get_gpu_class
+from yolofit.estimator.identity import resolve_model, with_kpt_shape
+from yolofit.estimator.profile import Profile, ProfileKey, ProfileStore, estimate
+
+FIELD_DIR = Path(__file__).with_name("data") / "field"
+FILES: tuple[str, ...] = ("field_gpu_mem.csv", "field_gpu_mem_2.csv")
+UNITS = {"GB": 1e9, "GiB": 2.0**30}
+DENSITIES = ("sparse", "moderate", "dense")
+EPOCH_EMPTIED_UNTIL = (8, 3, 85)
+
+
+@dataclass(frozen=True)
+class FieldRow:
+    """One published run, read as `rows.json` says. `batch` is per GPU."""
+
+    source: str  # "field_gpu_mem.csv:3" (1-based data row)
+    model: str
+    task: str
+    imgsz: int
+    batch: int
+    amp: str
+    nc: int
+    objects: int  # per image (the stated mean, rounded up)
+    optimizer: str
+    mosaic: bool
+    kpt_shape: tuple[int, int] | None
+    gpu: str
+    measured_bytes: float  # GPU_mem (memory_reserved), in bytes
+    density: str
+    version: str
+    why: str
+
+    @property
+    def epoch_emptied(self) -> bool:
+        """Ultralytics up to 8.3.85 empties the CUDA cache at every epoch end (README)."""
+        return tuple(int(x) for x in self.version.split(".")[:3]) <= EPOCH_EMPTIED_UNTIL
+
+    @property
+    def file(self) -> str:
+        return self.source.split(":")[0]
+
+    def key(self) -> ProfileKey:
+        """The profile this row needs (nc and optimizer as the run had them)."""
+        ref = with_kpt_shape(resolve_model(self.model), self.kpt_shape)
+        return ProfileKey(ref.name, ref.config_hash, self.imgsz, self.amp, self.optimizer,
+                          self.nc, False)
+
+
+def _unit_in_notes(notes: str) -> str:
+    m = re.search(r"unit (GiB|GB)", notes)
+    if not m:
+        raise ValueError(f"notes state no unit: {notes[:80]!r}")
+    return m.group(1)
+
+
+def load_rows(directory: Path = FIELD_DIR) -> list[FieldRow]:
+    """Every row of both files, joined with its reading in rows.json."""
+    readings = json.loads((directory / "rows.json").read_text())
+    rows: list[FieldRow] = []
+    for name in FILES:
+        with (directory / name).open(newline="") as f:
+            raw = list(csv.DictReader(f))
+        entries = readings[name]
+        if len(entries) != len(raw):
+            raise ValueError(f"rows.json reads {len(entries)} rows of {name}, the file has "
+                             f"{len(raw)}")
+        for i, (r, e) in enumerate(zip(raw, entries, strict=True), start=1):
+            source = f"{name}:{i}"
+            unit = _unit_in_notes(r["notes"])
+            if unit != e["unit"]:
+                raise ValueError(f"{source}: rows.json says {e['unit']}, the notes say {unit}")
+            model = re.sub(r"\.pt$", "", r["model"].split(" ")[0])
+            if model != e["model"]:
+                raise ValueError(f"{source}: rows.json says {e['model']}, the file {model}")
+            if "task" in r and r["task"] and r["task"] != e["task"]:
+                raise ValueError(f"{source}: rows.json says {e['task']}, the file {r['task']}")
+            if e["density"] not in DENSITIES:
+                raise ValueError(f"{source}: density must be one of {DENSITIES}")
+            value = float(e.get("measured", r.get("gpu_mem_gb") or r["gpu_mem_value"]))
+            world = int(r["n_gpus"])
+            rows.append(FieldRow(
+                source=source, model=model, task=e["task"], imgsz=int(r["imgsz"]),
+                batch=int(r["batch"]) // world, amp="fp16" if r["amp"] == "True" else "off",
+                nc=int(e["nc"]), objects=int(e["objects"]), optimizer=e["optimizer"],
+                mosaic=bool(e.get("mosaic", True)),
+                kpt_shape=tuple(e["kpt_shape"]) if e.get("kpt_shape") else None,  # type: ignore[arg-type]
+                gpu=r["gpu"], measured_bytes=value * UNITS[unit], density=e["density"],
+                version=r["ultralytics_version"], why=e["why"]))
+    return rows
+
+
+def keys(rows: Iterable[FieldRow]) -> list[ProfileKey]:
+    """The distinct profiles the rows need, in first-use order."""
+    seen: dict[str, ProfileKey] = {}
+    for row in rows:
+        k = row.key()
+        seen.setdefault(k.id, k)
+    return list(seen.values())
+
+
+def gpu_for(row: FieldRow) -> GpuClass:
+    """The row's card as a known class (its constants), else one built from the defaults
+    (reserved bytes do not depend on the card's size; the CUDA context is not in GPU_mem)."""
+    try:
+        return get_gpu_class(row.gpu)
+    except KeyError:
+        return from_memory(16 * 2**30, name=row.gpu)
+
+
+def traced_allocated(row: FieldRow, profile: Profile) -> int:
+    """The trace's peak allocated bytes at the row's batch and density (no GPU constant)."""
+    per_sample = row.objects * (4 if row.mosaic else 1)
+    return profile.allocated.at(row.batch, per_sample)
+
+
+def traced_reserved_default(row: FieldRow, profile: Profile) -> int:
+    """The allocator model's own default-mode replay (for comparison; not the estimate)."""
+    per_sample = row.objects * (4 if row.mosaic else 1)
+    return profile.reserved_terms(expandable_segments=False).at(row.batch, per_sample)
+
+
+def predict(row: FieldRow, profile: Profile, gpu: GpuClass) -> int:
+    """The estimate's peak reserved bytes for the row: default allocator (stock
+    Ultralytics), single GPU, the row's density, mosaic setting and cache regime."""
+    return estimate(profile, row.batch, row.objects, gpu, mosaic=row.mosaic,
+                    expandable_segments=False,
+                    epoch_emptied=row.epoch_emptied).peak_reserved_bytes
+
+
+@dataclass(frozen=True)
+class Accuracy:
+    """Signed relative errors (predicted / measured - 1) summarised."""
+
+    n: int
+    median_abs: float
+    p90_abs: float
+    bias: float  # median signed error
+    max_over: float
+    max_under: float  # most negative signed error (0 if none under)
+    under_5pct: int  # rows predicted more than 5 % below the measurement
+
+    def to_dict(self) -> dict[str, Any]:
+        return {k: (round(v, 4) if isinstance(v, float) else v)
+                for k, v in self.__dict__.items()}
+
+
+def quantile(values: Sequence[float], q: float) -> float:
+    """Nearest-rank quantile (the value at rank ceil(q n))."""
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, max(0, math.ceil(q * len(ordered)) - 1))]
+
+
+def accuracy(errors: Sequence[float]) -> Accuracy:
+    if not errors:
+        return Accuracy(0, 0.0, 0.0, 0.0, 0.0, 0.0, 0)
+    absolute = [abs(e) for e in errors]
+    return Accuracy(len(errors), statistics.median(absolute), quantile(absolute, 0.9),
+                    statistics.median(errors), max(max(errors), 0.0), min(min(errors), 0.0),
+                    sum(e < -0.05 for e in errors))
+
+
+def profiles_for(rows: Iterable[FieldRow], store: ProfileStore | None = None
+                 ) -> dict[str, Profile]:
+    """The profile of every row from the store (shipped + cache); KeyError naming the
+    missing ones (precompute them: python -m yolofit.estimator.precompute --field)."""
+    store = store or ProfileStore()
+    found: dict[str, Profile] = {}
+    missing = []
+    for row in rows:
+        p = store.get(row.key())
+        if p is None:
+            missing.append(f"{row.source} ({row.key().id})")
+        else:
+            found[row.source] = p
+    if missing:
+        raise KeyError("no profile for " + ", ".join(missing))
+    return found
