@@ -31,7 +31,7 @@ import signal
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 import yaml
@@ -234,7 +234,13 @@ def _cpu_ddp(device: torch.device) -> Iterator[None]:
         nn.parallel.DistributedDataParallel = original  # type: ignore[misc]
 
 
-class _YolofitDDP:
+if TYPE_CHECKING:  # the mixin is type-checked as the trainer it is mixed into
+    from ultralytics.engine.trainer import BaseTrainer as _MixinBase
+else:
+    _MixinBase = object
+
+
+class _YolofitDDP(_MixinBase):
     """Mixed into a task's Ultralytics trainer: ranks and process group come from the pod,
     not from `device=`."""
 
