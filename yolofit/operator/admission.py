@@ -15,7 +15,7 @@ from yolofit.estimator import planner
 from yolofit.estimator.identity import model_task
 from yolofit.estimator.profile import ProfileKey, ProfileMissing, ProfileStore
 from yolofit.estimator.train_args import memory_effects
-from yolofit.operator import pod_rules, ultralytics_args
+from yolofit.operator import pod_rules, pod_spec_checks, ultralytics_args
 from yolofit.operator import policy as pol
 from yolofit.operator.api import GPUCapacityPolicySpec, Plan, YOLOTrainingJobSpec
 from yolofit.operator.feedback import margin_key
@@ -119,7 +119,7 @@ def name_errors(name: str) -> list[str]:
 def static_errors(name: str, namespace: str, spec: YOLOTrainingJobSpec,
                   policy: GPUCapacityPolicySpec, classes: Mapping[str, ClassInfo]) -> list[str]:
     """Everything that can be refused without a profile."""
-    errors = ultralytics_args.validate(spec.args)
+    errors = ultralytics_args.validate(spec.args) + pod_spec_checks.errors(spec)
     errors += pod_rules.errors(spec, policy, namespace)
     errors += name_errors(name)
     if (wrong_task := task_error(spec)) is not None:

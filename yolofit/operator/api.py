@@ -233,6 +233,14 @@ class Results(Model):
                             "relaunch resumes from.")
 
 
+class Restart(Model):
+    attempt: int = Field(ge=1, description="Attempt number the restarted gang runs as.")
+    reason: str = Field(description="CamelCase cause: Disrupted (eviction, drain, "
+                        "preemption, node loss, SIGTERM), WorkerDeleted, Unschedulable.")
+    message: str = Field("", description="Which pod and what happened to it.")
+    time: str = Field(description="When (RFC 3339).")
+
+
 class YOLOTrainingJobStatus(Model):
     phase: Phase = Field("Pending", description="Pending, Profiling, Queued, Admitted, "
                          "Running, Succeeded or Failed.")
@@ -241,8 +249,11 @@ class YOLOTrainingJobStatus(Model):
                                         "Kubernetes API conventions.")
     plan: Plan | None = Field(None, description="The plan the current pods run with.")
     measured: Measured | None = Field(None, description="Measured peaks from the trainer.")
-    attempt: int = Field(0, ge=0, description="Launch attempt (increases on OOM re-plan).")
+    attempt: int = Field(0, ge=0, description="Launch attempt: increases on every relaunch "
+                         "of new pods (OOM re-plan, gang restart, requeue).")
     replans: list[Replan] = Field(default_factory=list, description="OOM re-plans so far.")
+    restarts: list[Restart] = Field(default_factory=list, description="Whole-gang restarts "
+                                    "after disruptions so far (the failure policy).")
     admitted: bool = Field(False, description="Counted against the namespace's GPU quota.")
     workers: list[str] = Field(default_factory=list, description="Pod names of the current "
                                "attempt.")
@@ -363,6 +374,32 @@ class OutputStorage(Model):
                          "(default: it is owned by the job and deleted with it).")
 
 
+class FailurePolicy(Model):
+    """What happens to a job when a pod fails, is disrupted or cannot start (JobSet-style:
+    the gang lives and dies as one)."""
+
+    max_restarts: int = Field(3, ge=0, le=100, description="Whole-gang restarts after "
+                              "disruptions (eviction, drain, preemption, node loss, SIGTERM, "
+                              "a deleted worker) before the job fails. A trainer error (exit "
+                              "1-127, e.g. 2 for bad data) fails at once; an OOM re-plans "
+                              "(maxReplans).")
+    restart_backoff_seconds: float = Field(10.0, ge=0, le=3600, description="Wait before "
+                                           "relaunching a restarted gang; doubles with each "
+                                           "restart.")
+    max_restart_backoff_seconds: float = Field(300.0, ge=0, le=86400, description="Cap of "
+                                               "the restart backoff.")
+    pod_start_timeout_seconds: float = Field(600.0, gt=0, le=86400, description="A pod "
+                                             "placed but not started (ImagePullBackOff, "
+                                             "CreateContainerConfigError, a missing volume, "
+                                             "Pending) for this long fails the job, and all "
+                                             "its pods are deleted.")
+    unschedulable_timeout_seconds: float = Field(900.0, gt=0, le=86400, description="Pods "
+                                                 "the scheduler cannot place for this long "
+                                                 "are deleted and the job goes back to "
+                                                 "Queued (quota released) with the "
+                                                 "scheduler's reason.")
+
+
 class GPUCapacityPolicySpec(Model):
     """GPU classes, per-namespace rules and the levers the planner may use."""
 
@@ -392,6 +429,9 @@ class GPUCapacityPolicySpec(Model):
     outputs: OutputStorage = Field(default_factory=OutputStorage, description="Storage for "
                                    "jobs' outputDir: a PersistentVolumeClaim per job when a "
                                    "size is given, else an emptyDir.")
+    failure_policy: FailurePolicy = Field(default_factory=FailurePolicy, description="Gang "
+                                          "restarts after disruptions, and how long pods may "
+                                          "fail to start or to be placed.")
 
 
 class FleetClass(Model):

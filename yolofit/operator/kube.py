@@ -6,12 +6,21 @@ included). No threads: the admission webhooks share this event loop, and a pool 
 threads parsing JSON would make them wait for the GIL. Objects go in and come out as plain
 dicts. AlreadyExists on create and NotFound on delete/get are success: reconciles are
 idempotent.
+
+Errors come in two kinds (`ApiError.permanent`): a 4xx other than 408/409/429 is the API
+refusing the request itself (invalid, forbidden, gone) and retrying cannot help, so it is
+raised at once for the caller to put where the user sees it. 429 (honouring Retry-After),
+408, 5xx, timeouts and dropped connections are transient: retried here with exponential
+backoff under a cap, then raised as a transient ApiError for the caller to retry later.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import os
+import re
+import signal
 import ssl
 from typing import Any, cast
 
@@ -24,10 +33,55 @@ JOBS = "yolotrainingjobs"
 POLICIES = "gpucapacitypolicies"
 
 
+TRANSIENT_STATUSES = frozenset({408, 429})
+
+
 class ApiError(Exception):
-    def __init__(self, status: int, method: str, path: str, text: str) -> None:
-        super().__init__(f"{method} {path}: HTTP {status}: {text[:500]}")
-        self.status = status
+    """A request the API did not accept. `status` 0: no HTTP answer (timeout, connection)."""
+
+    def __init__(self, status: int, method: str, path: str, text: str,
+                 retry_after: float | None = None) -> None:
+        self.status, self.method, self.path = status, method, path
+        self.retry_after = retry_after
+        self.reason, self.message = _status_of(text)
+        what = f"HTTP {status}" if status else "no answer"
+        super().__init__(f"{method} {path}: {what}: {self.message[:500]}")
+
+    @property
+    def permanent(self) -> bool:
+        """Retrying the same request cannot succeed (e.g. 422 Invalid, 403 Forbidden)."""
+        return 400 <= self.status < 500 and self.status not in (409, *TRANSIENT_STATUSES)
+
+    @property
+    def transient(self) -> bool:
+        return not self.permanent and self.status != 409 and not 200 <= self.status < 400
+
+
+def _status_of(text: str) -> tuple[str, str]:
+    """(reason, message) of a metav1.Status body; the raw text when it is not one."""
+    try:
+        body = json.loads(text)
+    except ValueError:
+        return "", text.strip()
+    if isinstance(body, dict) and body.get("kind") == "Status":
+        return str(body.get("reason") or ""), str(body.get("message") or text)
+    return "", text.strip()
+
+
+def retry_after(value: str | None) -> float | None:
+    """Seconds from a Retry-After header (delta-seconds form; the apiserver sends that)."""
+    try:
+        seconds = float(value) if value is not None else None
+    except ValueError:
+        return None
+    return max(seconds, 0.0) if seconds is not None else None
+
+
+def backoff(attempt: int, base: float, cap: float, hint: float | None = None) -> float:
+    """Seconds before retry `attempt` (0-based): the server's hint if it gave one, else
+    base x 2^attempt; never above `cap`."""
+    wait = hint if hint is not None else base * 2 ** attempt
+    return min(wait, cap)
 
 
 def load_config(kubeconfig: str | None) -> kubernetes.client.Configuration:
@@ -43,11 +97,16 @@ def load_config(kubeconfig: str | None) -> kubernetes.client.Configuration:
 
 
 class Kube:
-    def __init__(self, cfg: kubernetes.client.Configuration, concurrency: int = 32) -> None:
+    def __init__(self, cfg: kubernetes.client.Configuration, concurrency: int = 32,
+                 attempts: int = 4, backoff_base: float = 0.2, backoff_cap: float = 5.0,
+                 timeout: float = 60.0) -> None:
         self.cfg = cfg
         self.host = cfg.host.rstrip("/")
         self.concurrency = concurrency
+        self.attempts, self.backoff_base, self.backoff_cap = attempts, backoff_base, backoff_cap
+        self.timeout = timeout
         self._session: aiohttp.ClientSession | None = None
+        self._failpoint = Failpoint.from_env()
 
     def _ssl(self) -> ssl.SSLContext | bool:
         if not self.cfg.verify_ssl:
@@ -62,7 +121,8 @@ class Kube:
         if self._session is None:
             connector = aiohttp.TCPConnector(ssl=self._ssl(), limit=self.concurrency)
             self._session = aiohttp.ClientSession(connector=connector,
-                                                  timeout=aiohttp.ClientTimeout(total=60))
+                                                  timeout=aiohttp.ClientTimeout(
+                                                      total=self.timeout))
         return self._session
 
     async def close(self) -> None:
@@ -82,22 +142,28 @@ class Kube:
             if setting.get("in") == "header" and setting.get("value"):
                 headers[str(setting["key"]).title()] = str(setting["value"])
         data = json.dumps(body) if body is not None else None
-        for attempt in range(3):
+        last: ApiError | None = None
+        for attempt in range(self.attempts):
+            if last is not None:
+                await asyncio.sleep(backoff(attempt - 1, self.backoff_base, self.backoff_cap,
+                                            last.retry_after))
             try:
                 async with self.session.request(method, self.host + path, params=query or [],
                                                 data=data, headers=headers) as resp:
                     text = await resp.text()
-                    if (resp.status == 429 or resp.status >= 500) and attempt < 2:
-                        await asyncio.sleep(0.2 * (attempt + 1))
-                        continue
-                    if not 200 <= resp.status <= 299:
-                        raise ApiError(resp.status, method, path, text)
-                    return json.loads(text) if text else None
-            except (TimeoutError, aiohttp.ClientConnectionError):
-                if attempt == 2:
-                    raise
-                await asyncio.sleep(0.2 * (attempt + 1))
-        raise ApiError(503, method, path, "retries exhausted")
+                    hint = retry_after(resp.headers.get("Retry-After"))
+            except (TimeoutError, aiohttp.ClientError) as exc:
+                last = ApiError(0, method, path, f"{type(exc).__name__}: {exc}".rstrip(": "))
+                continue
+            if self._failpoint is not None:
+                self._failpoint.after(method, path)
+            if 200 <= resp.status <= 299:
+                return json.loads(text) if text else None
+            last = ApiError(resp.status, method, path, text, hint)
+            if not last.transient:
+                raise last
+        assert last is not None
+        raise last
 
     async def create(self, path: str, body: dict[str, Any]) -> dict[str, Any] | None:
         """POST; None when it already exists."""
@@ -165,3 +231,30 @@ def network_policies_path(namespace: str, name: str = "") -> str:
 
 def service_accounts_path(namespace: str, name: str = "") -> str:
     return f"/api/v1/namespaces/{namespace}/serviceaccounts" + (f"/{name}" if name else "")
+
+
+class Failpoint:
+    """Fault injection for crash tests: `YOLOFIT_FAULT_KILL_AFTER="POST /pods 2"` SIGKILLs
+    this process right after the 2nd answered request whose method is POST and whose path
+    matches the regex `/pods` (the request took effect; the process never saw the answer).
+    Unset in production; read once per client."""
+
+    ENV = "YOLOFIT_FAULT_KILL_AFTER"
+
+    def __init__(self, method: str, pattern: str, count: int) -> None:
+        self.method, self.pattern, self.left = method.upper(), re.compile(pattern), count
+
+    @classmethod
+    def from_env(cls) -> Failpoint | None:
+        spec = os.environ.get(cls.ENV, "").split()
+        if not spec:
+            return None
+        if len(spec) != 3 or not spec[2].isdigit():
+            raise ValueError(f"{cls.ENV}={' '.join(spec)!r}: expected 'METHOD path-regex count'")
+        return cls(spec[0], spec[1], int(spec[2]))
+
+    def after(self, method: str, path: str) -> None:
+        if method.upper() == self.method and self.pattern.search(path):
+            self.left -= 1
+            if self.left == 0:
+                os.kill(os.getpid(), signal.SIGKILL)

@@ -34,6 +34,7 @@ from yolofit.operator.api import (
     YOLOTrainingJob,
     YOLOTrainingJobStatus,
 )
+from yolofit.operator.failure_actions import FailureActions
 from yolofit.operator.gang_shell import GangShell
 from yolofit.operator.kube import Kube
 from yolofit.operator.kueue import KueueHook, queue_name
@@ -49,7 +50,7 @@ def now() -> str:
     return dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-class Reconciler:
+class Reconciler(FailureActions):
     def __init__(self, world: World, api: Kube, event: EventFn,
                  start_profiling: Callable[[Any], Awaitable[str | None]],
                  metrics_port: int = launch.METRICS_PORT) -> None:
@@ -81,10 +82,15 @@ class Reconciler:
         st.observed_generation = gen
         if old.phase in TERMINAL_PHASES:
             self.world.release(uid)
+            if old.phase == "Failed":
+                await self._stop_pods(key)  # a kill -9 after the Failed write left them
             return
         self.written[key] = old
         try:
             await self._steps(key, body, job, st, gen)
+            self._api_ok(key)
+        except kube.ApiError as exc:
+            self._api_failed(key, body, st, exc, gen, now())
         finally:
             # Kueue's admission is the go signal: the job shows its Workload's state.
             self.kueue.settle(st, body, self.world.policy, gen, now())
@@ -94,6 +100,8 @@ class Reconciler:
             if st.phase in TERMINAL_PHASES:
                 self.world.release(uid)
                 await self.kueue.finish(self.api, key[0], st.phase, pods)
+        if st.phase == "Failed":  # every rank at once: no GPU held past the failure
+            await self._stop_pods(key, pods)  # (the pods as seen before the final write)
 
     async def _steps(self, key: Key, body: dict[str, Any], job: YOLOTrainingJob,
                      st: YOLOTrainingJobStatus, gen: int) -> None:
@@ -106,10 +114,13 @@ class Reconciler:
             plan = await self._plan(key, body, job, st, gen)
             if plan is None:
                 return
+        if await self._class_gone(key, body, plan, st, gen, t):
+            return
         # 2. Quota: admitted at most once; a job over its namespace's GPUs waits Queued.
         # Kueue-managed jobs skip yolofit's quota: Kueue admits them (kueue.py).
         queue = queue_name(self.world.policy, key[0], body)
-        if queue is None and not st.admitted and self.world.pods_of(key):
+        if queue is None and not st.admitted and any(
+                pod_view(p).attempt == st.attempt for p in self.world.pods_of(key).values()):
             st.admitted = True  # pods exist only after admission: a restart lost the write
         if queue is None and not st.admitted:
             if not await self._admit(key, body, plan, st, gen):
@@ -124,11 +135,14 @@ class Reconciler:
         if queue is not None and (why := self.kueue.evicted(st, queue, body)):
             await self.kueue.restart(self.api, self.event, self.world.pods_of(key), body,
                                      st, why, gen, t)
-        # 3. Launch the current attempt (deleting pods of an earlier one first).
+        # 3. The failure policy acts on the whole gang (restart, fail, requeue).
+        if await self._gang_policy(key, body, plan, st, gen, t):
+            return
+        # 4. Launch the current attempt (deleting pods of an earlier one first).
         current = await self._launch(key, body, job, plan, st, gen, t)
         if current is None:
             return
-        # 4. Follow the pods: only summaries of the job's own pods of this attempt count.
+        # 5. Follow the pods: only summaries of the job's own pods of this attempt count.
         outcome = summarize(current, plan, self._trust(body, plan, st))
         self._dropped(body, st, outcome.dropped)
         st.results = storage.results(st.results, self._storage(body, job), job.spec, key[1],
@@ -392,8 +406,10 @@ class Reconciler:
         metrics.REPLANS.labels(plan.gpu_class, ns).inc()
         self.event(body, "Warning", "OutOfMemoryReplan", st.message + f"; learned margin for "
                    f"{model} on {plan.gpu_class} is now {margin:.0%}")
-        for pod_name in list(self.world.pods_of(key)):
-            await self.api.delete(kube.pods_path(ns, pod_name))
+        # The new attempt and plan are written before the old pods go: killed in between,
+        # the operator deletes them as stale instead of relaunching the old plan.
+        await self._write_status(key, body, st)
+        await self._delete_pods(key, list(self.world.pods_of(key)))
 
     def _fail(self, body: dict[str, Any], st: YOLOTrainingJobStatus, reason: str, msg: str,
               gen: int, t: str) -> None:
@@ -443,9 +459,17 @@ class Reconciler:
 
     async def _write_status(self, key: Key, body: dict[str, Any],
                             st: YOLOTrainingJobStatus) -> None:
-        self.written[key] = st.model_copy(deep=True)
         wire = st.model_dump(by_alias=True, mode="json")  # None -> null: merge patch removes
-        result = await self.api.merge_patch(kube.job_path(*key, status=True), {"status": wire})
+        try:
+            result = await self.api.merge_patch(kube.job_path(*key, status=True),
+                                                {"status": wire})
+        except kube.ApiError as exc:
+            if exc.status == 404:
+                return  # the job was deleted under us: nothing left to report on
+            if exc.permanent:
+                self.event(body, "Warning", "StatusNotWritten", str(exc)[:1000])
+            raise
+        self.written[key] = st.model_copy(deep=True)
         if result:
             cached = self.world.jobs.get(key)
             if cached is not None and cached["metadata"].get("uid") == result["metadata"].get(
@@ -460,5 +484,10 @@ class Reconciler:
         if st.plan is not None and st.admitted:
             spec_plan = (body.get("spec") or {}).get("plan")
             if spec_plan != st.plan.wire():
-                await self.api.merge_patch(kube.job_path(*key), {"spec": {"plan": st.plan.wire()}})
-
+                try:
+                    await self.api.merge_patch(kube.job_path(*key),
+                                               {"spec": {"plan": st.plan.wire()}})
+                except kube.ApiError as exc:  # a copy for kubectl's columns: best effort
+                    if exc.transient:
+                        raise
+                    log.warning("%s/%s: spec.plan mirror not written: %s", *key, exc)

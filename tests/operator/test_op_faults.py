@@ -1,0 +1,459 @@
+"""Fault injection at every API call site of the reconciler, against a recording apiserver
+(tests/operator/recording_api.py; Kube's own create/delete semantics run for real):
+
+- permanent errors (422, 403, 400, 404 on create) end the job Failed with a condition and an
+  Event naming the request and the API's message, the quota released and no pod left;
+- 409 on create is "already exists"; transient errors (429 with Retry-After, 500, timeout,
+  409 on patch, 404 on a vanished pod) end the pass with a backoff and the next pass
+  carries on;
+- a kill (SIGKILL) right after any request of launch, OOM re-plan and gang restart, then a
+  fresh operator primed from the apiserver: no pod created twice, the OOM learned once, no
+  relaunch with a stale plan.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+from pathlib import Path
+from typing import Any
+
+import pytest
+from opfixtures import make_profiles, summary
+from recording_api import Killed, RecordingApi
+
+from yolofit.operator import feedback, kube
+from yolofit.operator.api import (
+    FailurePolicy,
+    GPUCapacityPolicySpec,
+    NamespaceRule,
+)
+from yolofit.operator.fleet import FleetNode
+from yolofit.operator.reconcile import Reconciler
+from yolofit.operator.state import World
+
+T4 = {"nvidia.com/gpu.product": "Tesla-T4", "nvidia.com/gpu.memory": "15360"}
+NS, NAME = "ns", "j"
+KEY = (NS, NAME)
+JOB = kube.job_path(NS, NAME)
+GiB = 2**30
+
+
+class Harness:
+    """One operator (World + Reconciler) over a RecordingApi; `restart()` makes a fresh one
+    primed from the apiserver, as a restarted operator is."""
+
+    def __init__(self, store_dir: Path, api: RecordingApi | None = None,
+                 trust_spec_plan: bool = False) -> None:
+        self.store_dir, self.trust = store_dir, trust_spec_plan
+        self.api = api or RecordingApi()
+        self.events: list[tuple[str, str, str]] = []
+        self.wakes: list[float] = []
+        self.restart()
+
+    def restart(self) -> None:
+        self.world = World(store=make_profiles(self.store_dir))
+        self.world.set_nodes([FleetNode(f"t4-{i}", T4, 4) for i in range(2)])
+        self.world.set_policy(GPUCapacityPolicySpec(
+            namespaces=[NamespaceRule(namespace=NS, max_gpus_admitted=8)],
+            failure_policy=FailurePolicy(restart_backoff_seconds=0)))
+        cm = self.api.objects.get(kube.configmap_path("yolofit-system",
+                                                      "yolofit-learned-margins"))
+        self.world.margins.update(feedback.decode_margins((cm or {}).get("data")))
+        self.r = Reconciler(self.world, self.api,
+                            lambda b, t, reason, m: self.events.append((t, reason, m)),
+                            lambda key: asyncio.sleep(0, None))
+        self.r.trust_spec_plan = self.trust
+        self.r._wake_later = lambda key, delay: self.wakes.append(delay)  # type: ignore[method-assign]
+        self.sync()
+
+    def sync(self) -> None:
+        """What the watches would deliver: the job and its pods as the apiserver has them."""
+        job = self.api.objects.get(JOB)
+        if job is not None:
+            self.world.jobs[KEY] = copy.deepcopy(job)
+        self.world.pods[KEY] = copy.deepcopy(self.api.pods(NS))
+
+    def reconcile(self) -> BaseException | None:
+        self.sync()
+        try:
+            asyncio.run(self.r.reconcile(KEY))
+            return None
+        except (kube.ApiError, Killed) as exc:
+            return exc
+        finally:
+            self.sync()
+
+    def settle(self, passes: int = 6) -> None:
+        for _ in range(passes):
+            self.reconcile()
+
+    @property
+    def status(self) -> dict[str, Any]:
+        return dict(self.api.objects[JOB].get("status") or {})
+
+    def reasons(self) -> list[str]:
+        return [r for _, r, _ in self.events]
+
+
+def new_job(api: RecordingApi, nodes: int = 2) -> None:
+    api.objects[JOB] = {
+        "apiVersion": "yolofit.io/v1alpha1", "kind": "YOLOTrainingJob",
+        "metadata": {"name": NAME, "namespace": NS, "uid": "job-uid", "generation": 1,
+                     "resourceVersion": "1"},
+        "spec": {"model": "yolov8n", "data": "/d.yaml", "gpus": {"nodes": nodes, "perNode": 1}}}
+
+
+def run_pods(api: RecordingApi) -> None:
+    for pod in api.pods(NS).values():
+        if (pod.get("status") or {}).get("phase") in ("Succeeded", "Failed"):
+            continue
+        pod["status"] = {"phase": "Running", "containerStatuses": [
+            {"name": "trainer", "state": {"running": {"startedAt": "2026-12-01T10:00:01Z"}}}]}
+
+
+def end_pod(api: RecordingApi, name: str, code: int, message: str = "",
+            conditions: list[dict[str, Any]] | None = None) -> None:
+    pod = api.pods(NS)[name]
+    pod["status"] = {"phase": "Failed" if code else "Succeeded",
+                     "conditions": conditions or [],
+                     "containerStatuses": [{"name": "trainer", "state": {"terminated": {
+                         "exitCode": code, "reason": "Error", "message": message}}}]}
+
+
+def live_pods(api: RecordingApi) -> dict[str, dict[str, Any]]:
+    return {n: p for n, p in api.pods(NS).items()
+            if (p.get("status") or {}).get("phase") not in ("Succeeded", "Failed")}
+
+
+def batch_of(pod: dict[str, Any]) -> int:
+    import json
+    env = {e["name"]: e.get("value") for e in pod["spec"]["containers"][0]["env"]}
+    return int(json.loads(env["YOLOFIT_TRAIN_CONFIG"])["batch_per_gpu"])
+
+
+# --- launch: every call site x every fault --------------------------------------------------
+
+SITES = {
+    "spec.plan patch": ("PATCH", rf"/yolotrainingjobs/{NAME}$"),
+    "Service create": ("POST", r"/services$"),
+    "pod create": ("POST", r"/pods$"),
+    "gate removal": ("PATCH", r"/pods/j-worker-0$"),
+    "status write": ("PATCH", rf"/{NAME}/status$"),
+}
+PERMANENT = {422: "Invalid", 403: "Forbidden", 400: "BadRequest"}
+TRANSIENT = [429, 500, 503, 0]  # 0: timeout (no answer)
+
+
+def launched(h: Harness) -> None:
+    """The job is admitted with its whole gang created and ungated, quota held."""
+    pods = h.api.pods(NS)
+    assert sorted(pods) == ["j-worker-0", "j-worker-1"]
+    assert not any(p["spec"].get("schedulingGates") for p in pods.values())
+    assert h.status["phase"] == "Admitted" and h.status["admitted"]
+    assert h.world.admitted_gpus(NS) == 2
+    creates = [b["metadata"]["name"] for b in h.api.sent("POST", r"/pods$")]
+    assert len(set(creates)) == 2
+
+
+@pytest.mark.parametrize("site", SITES)
+@pytest.mark.parametrize("code", list(PERMANENT))
+def test_permanent_error_fails_the_job_visibly_and_releases_everything(
+        tmp_path: Path, site: str, code: int) -> None:
+    h = Harness(tmp_path)
+    new_job(h.api)
+    method, path = SITES[site]
+    h.api.fail(method, path, code, times=-1)
+    h.settle(3)
+    st = h.status if site != "status write" else None
+    if site == "status write":
+        # Nowhere to write Failed: the refusal is an Event on the job (and the log).
+        assert "StatusNotWritten" in h.reasons()
+        assert any(f"injected {code}" in m for _, _, m in h.events)
+        return
+    if site == "gate removal":
+        # A pod patch refused for good: the job fails and no pod is left holding a GPU.
+        pass
+    assert st is not None and st["phase"] == "Failed", st
+    failed = next(c for c in st["conditions"] if c["type"] == "Failed")
+    assert failed["status"] == "True" and failed["reason"] == PERMANENT[code]
+    assert f"{method} " in failed["message"] and f"HTTP {code}" in failed["message"]
+    assert f"injected {code} {PERMANENT[code]}" in failed["message"]  # the API's own words
+    warning = [(t, m) for t, r, m in h.events if r == PERMANENT[code]]
+    assert warning and warning[0][0] == "Warning" and failed["message"] == warning[0][1]
+    assert h.world.reserved == {} and h.world.admitted_gpus(NS) == 0  # quota released
+    assert live_pods(h.api) == {}  # every rank deleted
+
+
+@pytest.mark.parametrize("site", [s for s in SITES if s != "status write"])
+def test_404_on_create_fails_but_404_on_a_patch_is_retried(tmp_path: Path, site: str) -> None:
+    h = Harness(tmp_path)
+    new_job(h.api)
+    method, path = SITES[site]
+    h.api.fail(method, path, 404)
+    h.settle(4)
+    if method == "POST":  # the namespace is gone (or going): nothing will ever be created
+        assert h.status["phase"] == "Failed" and h.world.reserved == {}
+        assert live_pods(h.api) == {}
+    else:  # the object vanished under us: the next pass sees that and carries on
+        launched(h)
+
+
+@pytest.mark.parametrize("site", SITES)
+@pytest.mark.parametrize("code", TRANSIENT)
+def test_transient_error_backs_off_and_the_next_pass_carries_on(
+        tmp_path: Path, site: str, code: int) -> None:
+    h = Harness(tmp_path)
+    new_job(h.api)
+    method, path = SITES[site]
+    h.api.fail(method, path, code, retry_after=7 if code == 429 else None)
+    for _ in range(3):  # the gate comes off in the second pass, once the gang exists
+        first = h.reconcile()
+        if h.api.faults[0].times == 0:
+            break
+    assert h.api.faults[0].times == 0 and h.status.get("phase") != "Failed"
+    if site != "status write":
+        assert first is None and h.wakes, "a transient error schedules the next pass"
+        if code == 429:
+            assert h.wakes[0] == 7  # the server's Retry-After
+        assert "retrying" in h.status["message"]
+    h.settle(4)
+    launched(h)
+
+
+@pytest.mark.parametrize("site", ["spec.plan patch", "status write"])
+def test_409_on_a_patch_is_retried(tmp_path: Path, site: str) -> None:
+    h = Harness(tmp_path)
+    new_job(h.api)
+    h.api.fail(*SITES[site], 409)
+    h.settle(4)
+    launched(h)
+
+
+@pytest.mark.parametrize("site", ["Service create", "pod create"])
+def test_409_on_create_is_already_exists(tmp_path: Path, site: str) -> None:
+    h = Harness(tmp_path)
+    new_job(h.api)
+    h.api.fail(*SITES[site], 409)
+    h.settle(4)
+    assert h.status["phase"] == "Admitted" and h.status["admitted"]
+
+
+def test_the_retry_backoff_grows_and_resets(tmp_path: Path) -> None:
+    h = Harness(tmp_path)
+    new_job(h.api)
+    h.api.fail("POST", r"/services$", 500, times=3)
+    for _ in range(3):
+        h.reconcile()
+    assert h.wakes == [1.0, 2.0, 4.0]
+    h.settle(3)
+    launched(h)
+    h.api.fail("PATCH", r"/pods/", 503, times=1)
+    end_pod(h.api, "j-worker-1", 0)
+    h.api.objects[kube.pods_path(NS, "j-worker-0")]["spec"]["schedulingGates"] = [
+        {"name": "yolofit.io/gang"}]
+    h.sync()
+    h.reconcile()
+    assert h.wakes[-1] == 1.0  # counting starts over after a clean pass
+
+
+# --- the OOM and restart paths -------------------------------------------------------------
+
+def running_job(h: Harness) -> None:
+    new_job(h.api)
+    h.settle(3)
+    run_pods(h.api)
+    h.sync()
+    h.reconcile()
+    assert h.status["phase"] == "Running"
+
+
+def oom(h: Harness) -> None:
+    end_pod(h.api, "j-worker-1", 88, summary(1, 15 * GiB, "oom", "CUDA out of memory"))
+    h.sync()
+
+
+OOM_SITES = {
+    "margins ConfigMap create": ("POST", r"/configmaps$"),
+    "status write": ("PATCH", rf"/{NAME}/status$"),
+    "spec.plan mirror": ("PATCH", rf"/yolotrainingjobs/{NAME}$"),
+    "old pods delete": ("DELETE", r"/pods/"),
+}
+
+
+def replanned_once(h: Harness, first_batch: int, margins_saved: bool = True) -> None:
+    st = h.status
+    assert st["attempt"] == 1 and len(st["replans"]) == 1, st
+    new_batch = st["plan"]["batchPerGpu"]
+    assert new_batch < first_batch
+    pods = h.api.pods(NS)
+    assert sorted(pods) == ["j-worker-0", "j-worker-1"]
+    for p in pods.values():  # never the old plan again
+        assert p["metadata"]["labels"]["yolofit.io/attempt"] == "1"
+        assert batch_of(p) == new_batch
+    margins = h.world.margins["yolov8n|t4"]
+    assert margins["observations"] == 1 and margins["seen"] == ["job-uid/0"]
+    if margins_saved:
+        cm = h.api.objects[kube.configmap_path("yolofit-system", "yolofit-learned-margins")]
+        assert feedback.decode_margins(cm["data"])["yolov8n|t4"]["observations"] == 1
+
+
+@pytest.mark.parametrize("site", OOM_SITES)
+@pytest.mark.parametrize("code", [403, 500, 0])
+def test_faults_during_the_oom_replan(tmp_path: Path, site: str, code: int) -> None:
+    h = Harness(tmp_path)
+    running_job(h)
+    first = h.status["plan"]["batchPerGpu"]
+    oom(h)
+    h.api.fail(*OOM_SITES[site], code)
+    h.settle(5)
+    permanent_here = code == 403 and site == "status write"
+    if permanent_here:  # the re-plan itself cannot be recorded: it is reported instead
+        assert "StatusNotWritten" in h.reasons()
+        return
+    replanned_once(h, first, margins_saved=not (site.startswith("margins") and code == 403))
+
+
+def test_a_rank_failing_deletes_every_rank_and_releases_the_quota(tmp_path: Path) -> None:
+    h = Harness(tmp_path)
+    running_job(h)
+    end_pod(h.api, "j-worker-1", 2, summary(1, GiB, "data-missing", "no /d.yaml"))
+    h.sync()
+    h.reconcile()
+    st = h.status
+    assert st["phase"] == "Failed" and "no /d.yaml" in st["message"]
+    assert live_pods(h.api) == {}  # rank 0 no longer holds its GPU
+    assert "j-worker-1" in h.api.pods(NS)  # the failed pod stays for its logs
+    assert h.world.reserved == {} and h.world.admitted_gpus(NS) == 0
+    assert st.get("restarts", []) == []  # a user error: no restart
+
+
+def test_an_evicted_rank_restarts_the_whole_gang(tmp_path: Path) -> None:
+    h = Harness(tmp_path)
+    running_job(h)
+    end_pod(h.api, "j-worker-0", 143, conditions=[
+        {"type": "DisruptionTarget", "status": "True", "reason": "EvictionByEvictionAPI",
+         "message": "Eviction API: evicting", "lastTransitionTime": "2026-12-01T10:00:05Z"}])
+    h.sync()
+    h.reconcile()
+    st = h.status
+    assert st["attempt"] == 1 and st["phase"] == "Admitted"
+    assert [r["reason"] for r in st["restarts"]] == ["Disrupted"]
+    assert "EvictionByEvictionAPI" in st["restarts"][0]["message"]
+    assert h.api.pods(NS) == {}  # all ranks deleted at once, the running one too
+    assert h.world.admitted_gpus(NS) == 2  # the job keeps its quota while it restarts
+    h.settle(3)
+    pods = h.api.pods(NS)
+    assert sorted(pods) == ["j-worker-0", "j-worker-1"]
+    assert {p["metadata"]["labels"]["yolofit.io/attempt"] for p in pods.values()} == {"1"}
+    assert "Disrupted" in h.reasons()
+
+
+def test_restarts_stop_at_max_restarts(tmp_path: Path) -> None:
+    h = Harness(tmp_path)
+    h.world.policy.failure_policy.max_restarts = 1
+    running_job(h)
+    for attempt in (1, 2):
+        end_pod(h.api, "j-worker-1", 143)
+        h.sync()
+        h.settle(3)
+        run_pods(h.api)
+        h.sync()
+        h.reconcile()
+        if attempt == 1:
+            assert h.status["attempt"] == 1 and h.status["phase"] == "Running"
+    st = h.status
+    assert st["phase"] == "Failed" and st["attempt"] == 1
+    assert next(c for c in st["conditions"] if c["type"] == "Failed")["reason"] == \
+        "MaxRestartsReached"
+    assert live_pods(h.api) == {} and h.world.reserved == {}
+
+
+# --- SIGKILL after every request, then a restarted operator ---------------------------------
+
+def requests_of(scenario: Any, tmp_path: Path) -> int:
+    h = Harness(tmp_path / "count")
+    start = scenario(h)
+    return len(h.api.requests) - start
+
+
+def launch_scenario(h: Harness) -> int:
+    new_job(h.api)
+    h.settle(4)
+    return 0
+
+
+def oom_scenario(h: Harness) -> int:
+    running_job(h)
+    oom(h)
+    start = len(h.api.requests)
+    h.settle(5)
+    return start
+
+
+def disruption(h: Harness) -> None:
+    end_pod(h.api, "j-worker-1", 143)
+    h.sync()
+
+
+def restart_scenario(h: Harness) -> int:
+    running_job(h)
+    disruption(h)
+    start = len(h.api.requests)
+    h.settle(5)
+    return start
+
+
+def killed_after(n: int, tmp_path: Path, prepare: Any) -> Harness:
+    h = Harness(tmp_path)
+    prepare(h)
+    h.api.kill_after(len(h.api.requests) + n)
+    for _ in range(6):
+        if isinstance(h.reconcile(), Killed):
+            break
+    h.api.restarted()
+    h.restart()  # a fresh operator: World primed from the apiserver, margins from the CM
+    h.settle(6)
+    return h
+
+
+@pytest.mark.parametrize("n", range(1, 12))
+def test_kill_9_after_each_request_of_launch(tmp_path: Path, n: int) -> None:
+    h = killed_after(n, tmp_path, lambda h: new_job(h.api))
+    launched(h)
+
+
+@pytest.mark.parametrize("n", range(1, 13))
+def test_kill_9_after_each_request_of_the_oom_replan(tmp_path: Path, n: int) -> None:
+    first: dict[str, int] = {}
+
+    def prepare(h: Harness) -> None:
+        running_job(h)
+        first["batch"] = h.status["plan"]["batchPerGpu"]
+        oom(h)
+
+    h = killed_after(n, tmp_path, prepare)
+    replanned_once(h, first["batch"])
+    assert [b for b in h.api.sent("POST", r"/configmaps$")] or h.api.sent(
+        "PATCH", r"/configmaps/")
+
+
+@pytest.mark.parametrize("n", range(1, 13))
+def test_kill_9_after_each_request_of_a_gang_restart(tmp_path: Path, n: int) -> None:
+    def prepare(h: Harness) -> None:
+        running_job(h)
+        disruption(h)
+
+    h = killed_after(n, tmp_path, prepare)
+    st = h.status
+    assert st["attempt"] == 1 and len(st["restarts"]) == 1, st
+    pods = h.api.pods(NS)
+    assert sorted(pods) == ["j-worker-0", "j-worker-1"]
+    assert {p["metadata"]["labels"]["yolofit.io/attempt"] for p in pods.values()} == {"1"}
+
+
+def test_the_kill_matrices_cover_every_request(tmp_path: Path) -> None:
+    """The parametrized ranges above reach past the last request of each scenario."""
+    assert requests_of(launch_scenario, tmp_path / "a") < 12
+    assert requests_of(oom_scenario, tmp_path / "b") < 13
+    assert requests_of(restart_scenario, tmp_path / "c") < 13
