@@ -144,3 +144,11 @@ def test_relaunch_waits_only_for_an_attempt_that_began_with_a_restart() -> None:
     assert relaunch_wait(restarts, 1, POLICY, NOW - 4) == pytest.approx(4.0)
     assert relaunch_wait(restarts, 2, POLICY, NOW - 4) == 0.0  # attempt 2: an OOM re-plan
     assert relaunch_wait([], 0, POLICY, NOW) == 0.0
+
+
+def test_pods_not_started_yet_are_looked_at_again_when_they_would_time_out() -> None:
+    young = pod(0, "Pending", waiting="ImagePullBackOff")  # created T0, now T0 + 10 s
+    assert decide([pod_facts(young)], 1, 0, POLICY, NOW).recheck == pytest.approx(50)
+    placing = pod(0, "Pending", conditions=unschedulable("0/9 nodes are available", T0))
+    assert decide([pod_facts(placing)], 1, 0, POLICY, NOW).recheck == pytest.approx(110)
+    assert decide([pod_facts(pod(0)), pod_facts(pod(1))], 2, 0, POLICY, NOW).recheck is None

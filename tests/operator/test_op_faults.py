@@ -215,7 +215,7 @@ def test_transient_error_backs_off_and_the_next_pass_carries_on(
     if site != "status write":
         assert first is None and h.wakes, "a transient error schedules the next pass"
         if code == 429:
-            assert h.wakes[0] == 7  # the server's Retry-After
+            assert 7 in h.wakes  # the server's Retry-After
         assert "retrying" in h.status["message"]
     h.settle(4)
     launched(h)

@@ -68,6 +68,8 @@ class FailureActions:
             return True
         d = failure_policy.decide(current, plan.nodes, len(st.restarts), policy, now)
         if d.action == "none":
+            if d.recheck is not None:  # a pod not started yet: look again when it times out
+                self._wake_later(key, d.recheck + 0.5)
             return False
         if d.action == "fail":
             self._fail(body, st, d.reason, d.message, gen, t)  # _pass then stops the pods
@@ -123,8 +125,7 @@ class FailureActions:
                    f"{' ' + exc.reason if exc.reason else ''}): {exc.message}")
             self._fail(body, st, exc.reason or "ApiError", msg[:1000], gen, t)
             return
-        backoff = getattr(self, "_api_backoff", {})
-        self._api_backoff = backoff
+        backoff: dict[Key, int] = self.__dict__.setdefault("_api_tries", {})
         tries = backoff.get(key, 0)
         backoff[key] = tries + 1
         delay = kube.backoff(tries, API_BACKOFF_BASE, API_BACKOFF_CAP, exc.retry_after)
@@ -133,7 +134,7 @@ class FailureActions:
         self._wake_later(key, delay)
 
     def _api_ok(self, key: Key) -> None:
-        getattr(self, "_api_backoff", {}).pop(key, None)
+        self.__dict__.get("_api_tries", {}).pop(key, None)
 
     # --- pods ---------------------------------------------------------------------------
 
@@ -158,13 +159,22 @@ class FailureActions:
                 log.warning("deleting pod %s/%s failed: %s", key[0], name, r)
 
     def _wake_later(self, key: Key, delay: float) -> None:
-        """Reconcile `key` again after `delay` seconds (a backoff; resync is the fallback)."""
+        """Reconcile `key` again after `delay` seconds (a backoff, a timeout; the resync is
+        the fallback). One timer per job: the earlier wins."""
         loop = asyncio.get_running_loop()
+        timers: dict[Key, asyncio.TimerHandle] = self.__dict__.setdefault("_timers", {})
+        at = loop.time() + max(delay, 0.0)
+        pending = timers.get(key)
+        if pending is not None and not pending.cancelled() and pending.when() <= at:
+            return
+        if pending is not None:
+            pending.cancel()
 
         def wake() -> None:
+            timers.pop(key, None)
             loop.create_task(self._wake(key))
 
-        loop.call_later(max(delay, 0.0), wake)
+        timers[key] = loop.call_at(at, wake)
 
     async def _wake(self, key: Key) -> None:
         try:

@@ -66,6 +66,7 @@ class Decision:
     reason: str = ""  # CamelCase, for the condition and the Event
     message: str = ""
     pod: str = ""
+    recheck: float | None = None  # "none" with pods not started yet: look again in (s)
 
 
 NOTHING = Decision("none")
@@ -200,10 +201,16 @@ def _describe(p: PodFacts, why: str) -> str:
 
 def _stuck(pods: Sequence[PodFacts], policy: FailurePolicy, now: float) -> Decision:
     """Pods of the attempt that have not started for longer than the policy allows."""
+    recheck: float | None = None
     for p in pods:
         if p.started or p.gated or p.deleting or p.phase not in ("Pending", "Unknown"):
             continue
         age = now - p.since if p.since is not None else 0.0
+        limit = (policy.unschedulable_timeout_seconds if p.unschedulable and not
+                 MISSING_VOLUME.search(p.detail) else policy.pod_start_timeout_seconds)
+        if age < limit:
+            recheck = min(recheck if recheck is not None else limit, limit - age)
+            continue
         if p.waiting and age >= policy.pod_start_timeout_seconds:
             return Decision("fail", p.waiting, f"{p.name} could not start for {age:.0f}s "
                             f"({p.waiting}" + (f": {p.detail}" if p.detail else "") + ")",
@@ -221,4 +228,4 @@ def _stuck(pods: Sequence[PodFacts], policy: FailurePolicy, now: float) -> Decis
             return Decision("fail", "PodStartTimeout", f"{p.name} did not start within "
                             f"{policy.pod_start_timeout_seconds:.0f}s of its creation",
                             p.name)
-    return NOTHING
+    return Decision("none", recheck=recheck) if recheck is not None else NOTHING
