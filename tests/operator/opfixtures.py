@@ -9,14 +9,18 @@ __all__ = ["build_profile", "make_profiles", "summary"]
 
 GiB = 2**30
 MiB = 2**20
+FAILING_NC = 13  # build_profile fails for this class count (the ProfilingFailed path)
 
 
 def build_profile(key: ProfileKey) -> Profile:
     """A stand-in tracer for the operator's Profiling path (YOLOFIT_OPERATOR_PROFILE_BUILDER
-    =opfixtures:build_profile): a small profile for any key, after a short pause."""
+    =opfixtures:build_profile): a small profile for any key, after a short pause; it fails
+    for FAILING_NC classes."""
     import time
 
     time.sleep(1.0)
+    if key.nc == FAILING_NC:
+        raise RuntimeError(f"tracer crashed on {key.model} with {key.nc} classes (test builder)")
     per_sample = int(150 * MiB * (0.5 if key.checkpointing else 1.0))
     return Profile(key=key, params=11_000_000, allocated=Terms(GiB, per_sample, 1024),
                    reserved=Terms(int(1.1 * GiB), int(per_sample * 1.1), 1024),

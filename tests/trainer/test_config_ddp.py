@@ -169,4 +169,5 @@ def test_exit_code_of_a_pod_is_the_most_specific() -> None:
     assert combine_exit_codes([0, 0]) == 0
     assert combine_exit_codes([1, 88]) == 88
     assert combine_exit_codes([2, 1]) == 2
+    assert combine_exit_codes([1, 143]) == 143  # the SIGTERM explains its peer's error
     assert combine_exit_codes([0, -9]) == -9

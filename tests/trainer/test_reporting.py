@@ -115,3 +115,11 @@ def test_supported_ultralytics_range(version: str, ok: bool) -> None:
     else:
         with pytest.raises(UnsupportedUltralytics, match=r">=8\.4\.0,<8\.5"):
             check_ultralytics_version(version)
+
+
+def test_sigterm_ends_with_143_and_a_terminated_summary() -> None:
+    from yolofit.trainer.errors import Terminated, classify
+
+    reason, message, expected = classify(Terminated("terminated by signal 15 (pod deleted?)"))
+    s = Summary(rank=1, exit_reason=reason, message=message)
+    assert (s.exit_reason, s.exit_code, expected) == ("terminated", 143, True)

@@ -162,8 +162,9 @@ def init_process_group(topo: Topology, device_type: str, timeout_s: float) -> st
     return backend
 
 
-# Exit codes, most specific first: the pod reports the most telling failure of its workers.
-_EXIT_PRIORITY = (88, 2, 1)
+# Exit codes, most specific first: the pod reports the most telling failure of its workers
+# (a SIGTERM, 143, explains the errors, 1, of the workers whose group it broke).
+_EXIT_PRIORITY = (88, 2, 143, 1)
 
 
 def combine_exit_codes(codes: Sequence[int]) -> int:

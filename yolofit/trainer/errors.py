@@ -43,7 +43,9 @@ class UnsupportedUltralytics(TrainerFailure):
 
 
 class Terminated(TrainerFailure):
-    """SIGTERM (pod deletion): still leave a summary."""
+    """SIGTERM (pod deletion, drain, eviction): still leave a summary; exit 143."""
+
+    reason = "terminated"
 
 
 def is_cuda_oom(exc: BaseException) -> bool:

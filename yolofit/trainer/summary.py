@@ -26,12 +26,14 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-ExitReason = Literal["completed", "oom", "error", "data-missing", "data-denser"]
+ExitReason = Literal["completed", "oom", "error", "data-missing", "data-denser", "terminated"]
 
 # data-denser: the dataset holds more objects per image than the plan assumed; the operator
 # re-plans with `objects_per_image` (the measured densest image) before any GPU step.
+# 143 = 128 + SIGTERM, as a shell reports it: the operator's failure policy restarts the gang
+# for a rank stopped from outside (drain, eviction, preemption) instead of failing the job.
 EXIT_CODES: dict[ExitReason, int] = {"completed": 0, "error": 1, "data-missing": 2,
-                                     "data-denser": 3, "oom": 88}
+                                     "data-denser": 3, "oom": 88, "terminated": 143}
 MESSAGE_LIMIT = 1024  # chars of the message kept at most (before the byte budget)
 MAX_BYTES = 3900  # the kubelet keeps 4096 bytes of a termination message; leave some slack
 MAX_LOCAL_RANKS = 16  # the most GPUs per pod the API allows (spec.gpus.perNode)
@@ -45,8 +47,9 @@ RANK_FIELDS = (
     "exit_code",
 )
 # A pod reports the most telling failure of its ranks.
-_REASON_PRIORITY: tuple[ExitReason, ...] = ("oom", "data-denser", "data-missing", "error",
-                                             "completed")
+# (a SIGTERM explains the errors of the ranks whose group it broke)
+_REASON_PRIORITY: tuple[ExitReason, ...] = ("oom", "data-denser", "data-missing", "terminated",
+                                            "error", "completed")
 
 
 @dataclass
