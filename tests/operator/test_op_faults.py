@@ -457,3 +457,42 @@ def test_the_kill_matrices_cover_every_request(tmp_path: Path) -> None:
     assert requests_of(launch_scenario, tmp_path / "a") < 12
     assert requests_of(oom_scenario, tmp_path / "b") < 13
     assert requests_of(restart_scenario, tmp_path / "c") < 13
+
+
+# --- pods that cannot be placed, a class that left ------------------------------------------
+
+def test_unschedulable_past_the_timeout_goes_back_to_queued_and_releases_the_quota(
+        tmp_path: Path) -> None:
+    h = Harness(tmp_path)
+    new_job(h.api)
+    h.settle(3)
+    for pod in h.api.pods(NS).values():
+        pod["status"] = {"phase": "Pending", "conditions": [
+            {"type": "PodScheduled", "status": "False", "reason": "Unschedulable",
+             "message": "0/2 nodes are available: 2 Insufficient nvidia.com/gpu.",
+             "lastTransitionTime": "2026-01-01T00:00:00Z"}]}
+    h.reconcile()
+    st = h.status
+    assert st["phase"] == "Queued" and not st["admitted"] and st["attempt"] == 1
+    assert "Insufficient nvidia.com/gpu" in st["message"]
+    assert h.api.pods(NS) == {} and h.world.admitted_gpus(NS) == 0
+    assert next(c for c in st["conditions"] if c["type"] == "Admitted")["reason"] == \
+        "Unschedulable"
+    h.settle(3)  # the queue admits it again: a new attempt of pods
+    pods = h.api.pods(NS)
+    assert h.status["admitted"] and {p["metadata"]["labels"]["yolofit.io/attempt"]
+                                     for p in pods.values()} == {"1"}
+
+
+def test_a_class_that_left_the_fleet_waits_queued_holding_no_quota(tmp_path: Path) -> None:
+    h = Harness(tmp_path, trust_spec_plan=True)
+    new_job(h.api)
+    h.api.objects[JOB]["spec"]["plan"] = {
+        "gpuClass": "a100-80gb", "nodes": 2, "gpusPerNode": 1, "gpus": 2, "batchPerGpu": 8,
+        "accumulate": 4, "amp": "bf16", "imgsz": 640}
+    h.settle(2)
+    st = h.status
+    assert st["phase"] == "Queued" and not st.get("admitted")
+    assert st["message"].startswith("GPU class a100-80gb of the plan is not in the fleet")
+    assert h.api.pods(NS) == {} and h.world.admitted_gpus(NS) == 0
+    assert h.reasons() == ["GpuClassUnavailable"]  # once, not every pass
