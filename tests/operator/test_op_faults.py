@@ -496,3 +496,25 @@ def test_a_class_that_left_the_fleet_waits_queued_holding_no_quota(tmp_path: Pat
     assert st["message"].startswith("GPU class a100-80gb of the plan is not in the fleet")
     assert h.api.pods(NS) == {} and h.world.admitted_gpus(NS) == 0
     assert h.reasons() == ["GpuClassUnavailable"]  # once, not every pass
+
+
+def test_a_stale_pod_no_watch_saw_go_does_not_block_the_relaunch(tmp_path: Path) -> None:
+    """A restarted operator's LIST saw the old pods terminating; they went before its watch
+    started, so no DELETED event will ever come: the relaunch must not wait for them."""
+    h = Harness(tmp_path)
+    running_job(h)
+    oom(h)
+    h.api.fail("DELETE", r"/pods/", 500, times=-1)
+    h.reconcile()
+    assert h.status["attempt"] == 1
+    ghosts = copy.deepcopy(h.api.pods(NS))
+    for name, ghost in ghosts.items():
+        ghost["metadata"]["deletionTimestamp"] = "2026-12-01T10:00:00Z"
+        del h.api.objects[kube.pods_path(NS, name)]
+    h.api.faults.clear()
+    h.world.pods[KEY] = ghosts  # what the LIST said; no watch event follows
+    for _ in range(2):
+        asyncio.run(h.r.reconcile(KEY))
+    pods = h.api.pods(NS)
+    assert sorted(pods) == ["j-worker-0", "j-worker-1"]
+    assert {p["metadata"]["labels"]["yolofit.io/attempt"] for p in pods.values()} == {"1"}
