@@ -133,6 +133,12 @@ class RecordingApi(kube.Kube):
         if method == "GET":
             return copy.deepcopy(self.objects[key])
         if method == "DELETE":
+            want = ((body or {}).get("preconditions") or {}).get("uid")
+            if want and want != self.objects[key]["metadata"].get("uid"):
+                raise kube.ApiError(409, method, path, json.dumps(
+                    {"kind": "Status", "reason": "Conflict", "message": "Precondition failed: "
+                     f"UID in precondition: {want}, UID in object meta: "
+                     f"{self.objects[key]['metadata'].get('uid')}"}))
             del self.objects[key]
             return {"kind": "Status", "status": "Success"}
         if method == "PATCH":

@@ -65,7 +65,13 @@ def test_a_rank_stopped_mid_epoch_restarts_the_gang(operator: Any, kubectl: Any,
         assert json.loads(local[1].message())["exit_reason"] == "terminated"
         report_to_pods(kube, namespace, [local[1]])
         stopped = time.monotonic()
-        second = wait_for(lambda: running(kube, namespace, 1), 60, what="attempt 1 running")
+        try:
+            second = wait_for(lambda: running(kube, namespace, 1), 60, what="attempt 1")
+        except AssertionError as exc:
+            pods = [(p.metadata.name, p.metadata.labels, p.status.phase)
+                    for p in pods_of(kube, namespace, "drain")]
+            raise AssertionError(f"{exc}\n{get_job(kubectl, namespace, 'drain')['status']}"
+                                 f"\n{pods}") from None
         print(f"\nGANG-RESTART (real trainer): rank 1 reported 143 -> both ranks of "
               f"attempt 1 Running in {time.monotonic() - stopped:.2f}s")
     finally:  # rank 0's pod was deleted: the kubelet would stop its container

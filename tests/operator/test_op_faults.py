@@ -518,3 +518,22 @@ def test_a_stale_pod_no_watch_saw_go_does_not_block_the_relaunch(tmp_path: Path)
     pods = h.api.pods(NS)
     assert sorted(pods) == ["j-worker-0", "j-worker-1"]
     assert {p["metadata"]["labels"]["yolofit.io/attempt"] for p in pods.values()} == {"1"}
+
+
+def test_a_late_event_of_an_old_pod_never_deletes_its_newer_namesake(tmp_path: Path) -> None:
+    """Pods are deleted by UID: a watch event of the old attempt's pod arriving after the new
+    attempt's pod of the same name was made must not get the new one deleted."""
+    h = Harness(tmp_path)
+    running_job(h)
+    old = copy.deepcopy(h.api.pods(NS)["j-worker-0"])
+    end_pod(h.api, "j-worker-1", 143)
+    h.settle(4)
+    run_pods(h.api)
+    h.sync()
+    new_uid = h.api.pods(NS)["j-worker-0"]["metadata"]["uid"]
+    assert h.status["attempt"] == 1 and new_uid != old["metadata"]["uid"]
+    old["metadata"]["deletionTimestamp"] = "2026-12-01T10:00:00Z"
+    h.world.pods[KEY]["j-worker-0"] = old  # the late MODIFIED event of the old pod
+    asyncio.run(h.r.reconcile(KEY))
+    assert h.api.pods(NS)["j-worker-0"]["metadata"]["uid"] == new_uid
+    assert h.status["attempt"] == 1 and len(h.status["restarts"]) == 1

@@ -32,15 +32,17 @@ def ok(n: int = 0) -> web.Response:
     return web.json_response({"kind": "Pod", "metadata": {"name": "p", "uid": f"u{n}"}})
 
 
-async def serve(answer: Answer, call: Callable[[kube.Kube], Any],
-                delay: float = 0.0, **client: Any) -> tuple[Any, list[float]]:
+async def serve(answer: Answer, call: Callable[[kube.Kube], Any], delay: float = 0.0,
+                record: list[Any] | None = None, **client: Any) -> tuple[Any, list[float]]:
     """Run `call(client)` against a server answering with `answer`; (result or the
     exception, arrival time of each request)."""
     arrivals: list[float] = []
 
     async def handle(request: web.Request) -> web.Response:
         arrivals.append(time.monotonic())
-        await request.read()
+        raw = await request.read()
+        if record is not None:
+            record.append(json.loads(raw) if raw else None)
         if delay:
             await asyncio.sleep(delay)
         return answer(len(arrivals) - 1)
@@ -190,3 +192,17 @@ def test_failpoint_spec_is_checked(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv(kube.Failpoint.ENV, "post /pods 2")
     fp = kube.Failpoint.from_env()
     assert fp is not None and (fp.method, fp.left) == ("POST", 2)
+
+
+def test_delete_by_uid_sends_the_precondition_and_a_409_means_gone() -> None:
+    bodies: list[Any] = []
+
+    def answer(n: int) -> web.Response:
+        return status(409, "Conflict", "Precondition failed: UID in precondition: old")
+
+    async def delete(api: kube.Kube) -> Any:
+        return await api.delete(kube.pods_path("ns", "p"), uid="old")
+
+    got, arrivals = asyncio.run(serve(answer, delete, record=bodies))
+    assert got is False and len(arrivals) == 1
+    assert bodies == [{"propagationPolicy": "Background", "preconditions": {"uid": "old"}}]

@@ -53,6 +53,10 @@ class FailureActions:
                            st: YOLOTrainingJobStatus, gen: int, t: str) -> bool:
         """True when the pass ends here (the gang was restarted, failed, requeued, or waits
         for its restart backoff)."""
+        stale = [n for n, p in self.world.pods_of(key).items()
+                 if failure_policy.pod_facts(p).attempt != st.attempt]
+        if stale:  # by UID, terminating ones too: the cache learns what no watch event said
+            await self._delete_pods(key, stale)
         facts = [failure_policy.pod_facts(p) for p in self.world.pods_of(key).values()]
         current = [f for f in facts if f.attempt == st.attempt]
         policy = self.world.policy.failure_policy
@@ -148,15 +152,24 @@ class FailureActions:
 
     async def _delete_pods(self, key: Key, names: list[str],
                            pods: dict[str, dict[str, Any]] | None = None) -> None:
-        """Delete these pods of the job at once."""
+        """Delete these pods of the job at once, each by its UID (never a newer namesake)."""
         pods = self.world.pods_of(key) if pods is None else pods
-        results = await asyncio.gather(*(self.api.delete(kube.pods_path(key[0], n))
-                                         for n in names), return_exceptions=True)
+        uids = [pods.get(n, {}).get("metadata", {}).get("uid", "") for n in names]
+        results = await asyncio.gather(*(self.api.delete(kube.pods_path(key[0], n), uid)
+                                         for n, uid in zip(names, uids, strict=True)),
+                                       return_exceptions=True)
         for name, r in zip(names, results, strict=True):
             if isinstance(r, BaseException) and not isinstance(r, Exception):
                 raise r  # cancellation (shutdown) is not a failed delete
             if isinstance(r, Exception):  # a stale pod is deleted again by the next pass
                 log.warning("deleting pod %s/%s failed: %s", key[0], name, r)
+            elif r is False and key in self.world.jobs:  # gone, or a newer namesake:
+                cache = self.world.pods[key]  # what the cache missed, from the apiserver
+                fresh = await self.api.get(kube.pods_path(key[0], name))
+                if fresh:
+                    cache[name] = fresh
+                else:
+                    cache.pop(name, None)
 
     def _wake_later(self, key: Key, delay: float) -> None:
         """Reconcile `key` again after `delay` seconds (a backoff, a timeout; the resync is

@@ -174,12 +174,17 @@ class Kube:
                 return None
             raise
 
-    async def delete(self, path: str) -> bool:
+    async def delete(self, path: str, uid: str = "") -> bool:
+        """DELETE; False when it is gone. With `uid`, only that object: a newer one of the
+        same name (409, the precondition failed) is left alone and counts as gone."""
+        body: dict[str, Any] = {"propagationPolicy": "Background"}
+        if uid:
+            body["preconditions"] = {"uid": uid}
         try:
-            await self.call("DELETE", path, {"propagationPolicy": "Background"})
+            await self.call("DELETE", path, body)
             return True
         except ApiError as exc:
-            if exc.status == 404:
+            if exc.status == 404 or (exc.status == 409 and uid):
                 return False
             raise
 

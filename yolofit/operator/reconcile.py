@@ -173,10 +173,9 @@ class Reconciler(FailureActions):
         ns, name = key
         views = [pod_view(p) for p in self.world.pods_of(key).values()]
         stale = [v for v in views if v.attempt != st.attempt]
-        for v in stale:  # terminating ones too: a 404 says it went while no watch saw it
-            if not await self.api.delete(kube.pods_path(ns, v.name)):
-                self.world.pods[key].pop(v.name, None)
-        stale = [v for v in stale if v.name in self.world.pods.get(key, {})]
+        for v in stale:
+            if not v.deleting:
+                await self.api.delete(kube.pods_path(ns, v.name))
         if stale:
             await self.kueue.release_superseded(self.api, ns, self.world.pods_of(key),
                                                 st.attempt)
