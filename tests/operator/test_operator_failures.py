@@ -222,18 +222,18 @@ def test_a_class_that_left_the_fleet_waits_queued_holding_no_quota(
     t4 = {"name": "t4", "nodeSelector": {"nvidia.com/gpu.product": "Tesla-T4"}}
     a100 = {"name": "a100-80gb",
             "nodeSelector": {"nvidia.com/gpu.product": "NVIDIA-A100-SXM4-80GB"}}
-    policy([{"namespace": namespace, "maxGpusAdmitted": 2}], classes=[t4, a100])
-    apply(kubectl, job_yaml("first", namespace, nodes=1, per_node=2))
-    wait_for(running_pods(kube, namespace, "first", 1), 30, what="first job running")
+    rules = [{"namespace": namespace, "maxGpusAdmitted": 2}]
+    policy(rules, classes=[t4, a100], failurePolicy=FAST)
     apply(kubectl, job_yaml("pinned", namespace, nodes=1, per_node=2, gpuClass="a100-80gb"))
-    wait_for(phase_is(kubectl, namespace, "pinned", "Queued"), 30, what="pinned Queued")
-    policy([{"namespace": namespace, "maxGpusAdmitted": 2}], classes=[t4])  # a100s leave
-    finish_all(kube, namespace, "first")
-    wait_for(phase_is(kubectl, namespace, "first", "Succeeded"), 30, what="first Succeeded")
+    wait_for(running_pods(kube, namespace, "pinned", 1), 30, what="pinned job running")
+    policy(rules, classes=[t4], failurePolicy=FAST)  # the a100s leave the fleet
+    kube.create_namespaced_pod_eviction("pinned-worker-0", namespace, {
+        "metadata": {"name": "pinned-worker-0", "namespace": namespace}})  # and its node
     job = wait_for(lambda: (j := get_job(kubectl, namespace, "pinned"))["status"].get(
         "message", "").startswith("GPU class a100-80gb") and j, 30, what="class gone")
     assert job["status"]["phase"] == "Queued" and not job["status"].get("admitted")
-    assert not pods_of(kube, namespace, "pinned")
+    assert len(job["status"]["restarts"]) == 1
+    assert not live(kube, namespace, "pinned")
     quota_is_free(kubectl, kube, namespace, 2)  # the pinned job holds none of it
 
 
