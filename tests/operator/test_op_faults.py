@@ -301,11 +301,11 @@ def replanned_once(h: Harness, first_batch: int, margins_saved: bool = True) -> 
     for p in pods.values():  # never the old plan again
         assert p["metadata"]["labels"]["yolofit.io/attempt"] == "1"
         assert batch_of(p) == new_batch
-    margins = h.world.margins["yolov8n|t4"]
+    margins = h.world.margins["ns|yolov8n|t4"]
     assert margins["observations"] == 1 and margins["seen"] == ["job-uid/0"]
     if margins_saved:
         cm = h.api.objects[kube.configmap_path("yolofit-system", "yolofit-learned-margins")]
-        assert feedback.decode_margins(cm["data"])["yolov8n|t4"]["observations"] == 1
+        assert feedback.decode_margins(cm["data"])["ns|yolov8n|t4"]["observations"] == 1
 
 
 @pytest.mark.parametrize("site", OOM_SITES)

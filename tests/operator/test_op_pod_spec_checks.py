@@ -1,5 +1,4 @@
-"""Admission refuses what would make every pod creation fail, naming the field; and an OOM
-is learned once per (job UID, attempt)."""
+"""Admission refuses what would make every pod creation fail, naming the field."""
 
 from __future__ import annotations
 
@@ -7,7 +6,6 @@ from typing import Any
 
 import pytest
 
-from yolofit.operator import feedback
 from yolofit.operator.api import YOLOTrainingJobSpec
 from yolofit.operator.pod_spec_checks import errors, quantity_error
 
@@ -53,18 +51,3 @@ def test_a_good_spec_has_no_errors() -> None:
     assert errors(spec(resources={"cpu": "500m", "memory": "8Gi", "shm": "1Gi"},
                        volumes=[{"name": "data", "persistentVolumeClaim": {"claimName": "c"}}],
                        volumeMounts=[{"name": "data", "mountPath": "/data"}])) == []
-
-
-def test_an_oom_is_learned_once_per_job_uid_and_attempt() -> None:
-    first = feedback.learn_oom({}, "uid-a/0", 10 * 2**30, 10 * 2**30)
-    assert first is not None and first["observations"] == 1 and first["seen"] == ["uid-a/0"]
-    assert feedback.learn_oom(first, "uid-a/0", 10 * 2**30, 10 * 2**30) is None
-    second = feedback.learn_oom(first, "uid-a/1", 10 * 2**30, 10 * 2**30)
-    assert second is not None and second["observations"] == 2
-    assert second["margin"] > first["margin"]
-    other = feedback.learn_oom(second, "uid-b/0", 10 * 2**30, 10 * 2**30)
-    assert other is not None and other["seen"] == ["uid-a/0", "uid-a/1", "uid-b/0"]
-    entry = {"margin": 0.1, "observations": 70, "seen": [f"u/{i}" for i in range(70)]}
-    assert len(feedback.learn_oom(entry, "x/0", 1, 1)["seen"]) == feedback.SEEN_KEPT  # type: ignore[index]
-    coded = feedback.decode_margins(feedback.encode_margins({"m|c": other}))
-    assert coded["m|c"] == other

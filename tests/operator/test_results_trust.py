@@ -266,7 +266,7 @@ class RecordingKube:
                 obj[k] = {**obj.get(k, {}), **v} if isinstance(v, dict) else v
         return self._bump(obj)
 
-    async def delete(self, path: str) -> bool:
+    async def delete(self, path: str, uid: str = "") -> bool:
         self.requests.append(("DELETE", path, None))
         return self.objects.pop(path, None) is not None
 

@@ -47,7 +47,7 @@ class Fake:
     async def merge_patch(self, path: str, patch: dict[str, Any]) -> Any:
         return None
 
-    async def delete(self, path: str) -> bool:
+    async def delete(self, path: str, uid: str = "") -> bool:
         return self.objects.pop(path, None) is not None
 
 

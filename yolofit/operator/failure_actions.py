@@ -120,6 +120,12 @@ class FailureActions:
                                       "GpuClassUnavailable", msg, gen, t)
         return True
 
+    def _attempt_has_pods(self, key: Key, st: YOLOTrainingJobStatus) -> bool:
+        """Pods of the current attempt exist (they are made only after admission); those of
+        an earlier attempt do not count: a requeued job must be admitted again."""
+        return any(failure_policy.pod_facts(p).attempt == st.attempt
+                   for p in self.world.pods_of(key).values())
+
     # --- API errors ---------------------------------------------------------------------
 
     def _api_failed(self, key: Key, body: dict[str, Any], st: YOLOTrainingJobStatus,

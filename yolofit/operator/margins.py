@@ -10,6 +10,7 @@ the same observation twice; and the ConfigMap is merged under optimistic concurr
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from typing import Any
 
@@ -18,6 +19,7 @@ from yolofit.operator.api import Measured, Plan, RankMeasurement
 from yolofit.operator.state import World
 
 WRITE_ATTEMPTS = 5
+log = logging.getLogger("yolofit.operator")
 
 
 async def learn(api: kube.Kube, world: World, where: tuple[str, str], key: str, obs: str,
@@ -37,7 +39,15 @@ async def learn(api: kube.Kube, world: World, where: tuple[str, str], key: str, 
     learned = feedback.learn(world.margins, key, obs, margin)
     if learned.changed:
         world.margins = learned.margins
-        await save(api, world, where)
+    # An OOM seen again (a pass that learned it failed before its save went through) is
+    # saved again: the ConfigMap may lack it. Merging is idempotent.
+    if learned.changed or oom_ranks is not None:
+        try:
+            await save(api, world, where)
+        except kube.ApiError as exc:  # the operator's own store, not the job's fault
+            if exc.transient:
+                raise
+            log.error("learned margins not saved to %s/%s (kept in memory): %s", *where, exc)
     return learned.margin
 
 

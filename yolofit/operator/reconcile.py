@@ -40,7 +40,7 @@ from yolofit.operator.kube import Kube
 from yolofit.operator.kueue import KueueHook, queue_name
 from yolofit.operator.sharing import apply as sharing
 from yolofit.operator.state import Key, World
-from yolofit.operator.status import PodView, pod_view, set_condition, summarize
+from yolofit.operator.status import PodsOutcome, PodView, pod_view, set_condition, summarize
 
 log = logging.getLogger("yolofit.operator")
 EventFn = Callable[[dict[str, Any], str, str, str], None]  # body, type, reason, message
@@ -119,8 +119,7 @@ class Reconciler(FailureActions):
         # 2. Quota: admitted at most once; a job over its namespace's GPUs waits Queued.
         # Kueue-managed jobs skip yolofit's quota: Kueue admits them (kueue.py).
         queue = queue_name(self.world.policy, key[0], body)
-        if queue is None and not st.admitted and any(
-                pod_view(p).attempt == st.attempt for p in self.world.pods_of(key).values()):
+        if queue is None and not st.admitted and self._attempt_has_pods(key, st):
             st.admitted = True  # pods exist only after admission: a restart lost the write
         if queue is None and not st.admitted:
             if not await self._admit(key, body, plan, st, gen):
@@ -153,6 +152,11 @@ class Reconciler(FailureActions):
         if outcome.oom:
             await self._oom(key, body, job, plan, st, outcome.ranks, gen)
             return
+        await self._settle(key, body, job, plan, st, outcome, gen, t)
+
+    async def _settle(self, key: Key, body: dict[str, Any], job: YOLOTrainingJob, plan: Plan,
+                      st: YOLOTrainingJobStatus, outcome: PodsOutcome, gen: int, t: str) -> None:
+        """The job's phase and conditions from its pods' outcome (no OOM)."""
         st.phase, st.message = outcome.phase, outcome.message  # type: ignore[assignment]
         ready = "True" if outcome.phase in ("Running", "Succeeded") else "False"
         st.conditions = set_condition(st.conditions, "PodsReady", ready, outcome.reason,
