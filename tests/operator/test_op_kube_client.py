@@ -191,7 +191,7 @@ def test_failpoint_spec_is_checked(monkeypatch: pytest.MonkeyPatch) -> None:
         kube.Failpoint.from_env()
     monkeypatch.setenv(kube.Failpoint.ENV, "post /pods 2")
     fp = kube.Failpoint.from_env()
-    assert fp is not None and (fp.method, fp.left) == ("POST", 2)
+    assert fp is not None and (fp.method.pattern, fp.left) == ("POST", 2)
 
 
 def test_delete_by_uid_sends_the_precondition_and_a_409_means_gone() -> None:

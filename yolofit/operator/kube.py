@@ -240,14 +240,15 @@ def service_accounts_path(namespace: str, name: str = "") -> str:
 
 class Failpoint:
     """Fault injection for crash tests: `YOLOFIT_FAULT_KILL_AFTER="POST /pods 2"` SIGKILLs
-    this process right after the 2nd answered request whose method is POST and whose path
-    matches the regex `/pods` (the request took effect; the process never saw the answer).
-    Unset in production; read once per client."""
+    this process right after the 2nd answered request whose method matches POST and whose
+    path matches `/pods` (both regexes; the request took effect, the process never saw the
+    answer). Unset in production; read once per client."""
 
     ENV = "YOLOFIT_FAULT_KILL_AFTER"
 
     def __init__(self, method: str, pattern: str, count: int) -> None:
-        self.method, self.pattern, self.left = method.upper(), re.compile(pattern), count
+        self.method, self.pattern = re.compile(method.upper()), re.compile(pattern)
+        self.left = count
 
     @classmethod
     def from_env(cls) -> Failpoint | None:
@@ -259,7 +260,7 @@ class Failpoint:
         return cls(spec[0], spec[1], int(spec[2]))
 
     def after(self, method: str, path: str) -> None:
-        if method.upper() == self.method and self.pattern.search(path):
+        if self.method.fullmatch(method.upper()) and self.pattern.search(path):
             self.left -= 1
             if self.left == 0:
                 os.kill(os.getpid(), signal.SIGKILL)
