@@ -433,7 +433,7 @@ def test_kill_9_after_each_request_of_launch(tmp_path: Path, n: int) -> None:
     launched(h)
 
 
-@pytest.mark.parametrize("n", range(1, 13))
+@pytest.mark.parametrize("n", range(1, 17))
 def test_kill_9_after_each_request_of_the_oom_replan(tmp_path: Path, n: int) -> None:
     first: dict[str, int] = {}
 
@@ -448,7 +448,7 @@ def test_kill_9_after_each_request_of_the_oom_replan(tmp_path: Path, n: int) -> 
         "PATCH", r"/configmaps/")
 
 
-@pytest.mark.parametrize("n", range(1, 13))
+@pytest.mark.parametrize("n", range(1, 17))
 def test_kill_9_after_each_request_of_a_gang_restart(tmp_path: Path, n: int) -> None:
     def prepare(h: Harness) -> None:
         running_job(h)
@@ -465,8 +465,8 @@ def test_kill_9_after_each_request_of_a_gang_restart(tmp_path: Path, n: int) -> 
 def test_the_kill_matrices_cover_every_request(tmp_path: Path) -> None:
     """The parametrized ranges above reach past the last request of each scenario."""
     assert requests_of(launch_scenario, tmp_path / "a") < 12
-    assert requests_of(oom_scenario, tmp_path / "b") < 13
-    assert requests_of(restart_scenario, tmp_path / "c") < 13
+    assert requests_of(oom_scenario, tmp_path / "b") < 17
+    assert requests_of(restart_scenario, tmp_path / "c") < 17
 
 
 # --- pods that cannot be placed, a class that left ------------------------------------------
