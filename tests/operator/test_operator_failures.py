@@ -271,7 +271,6 @@ def died(operator: Any, what: str) -> None:
 LAUNCH_POINTS = [("POST", "/namespaces/{ns}/services$", 1),
                  ("POST", "/namespaces/{ns}/pods$", 1),
                  ("POST", "/namespaces/{ns}/pods$", 2),
-                 ("PATCH", "/namespaces/{ns}/pods/crash-worker-0$", 1),  # the gate
                  ("PATCH", "/namespaces/{ns}/yolotrainingjobs/crash/status$", 1)]
 
 

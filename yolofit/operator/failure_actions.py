@@ -24,6 +24,7 @@ from typing import Any
 
 from yolofit.operator import failure_policy, kube
 from yolofit.operator.api import Plan, Restart, YOLOTrainingJobStatus
+from yolofit.operator.kueue import queue_name
 from yolofit.operator.state import Key, World
 from yolofit.operator.status import set_condition
 
@@ -52,7 +53,9 @@ class FailureActions:
     async def _gang_policy(self, key: Key, body: dict[str, Any], plan: Plan,
                            st: YOLOTrainingJobStatus, gen: int, t: str) -> bool:
         """True when the pass ends here (the gang was restarted, failed, requeued, or waits
-        for its restart backoff)."""
+        for its restart backoff). Kueue-managed jobs: Kueue decides (kueue.py)."""
+        if queue_name(self.world.policy, key[0], body) is not None:
+            return False
         stale = [n for n, p in self.world.pods_of(key).items()
                  if failure_policy.pod_facts(p).attempt != st.attempt]
         if stale:  # by UID, terminating ones too: the cache learns what no watch event said
