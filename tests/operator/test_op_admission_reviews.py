@@ -121,6 +121,22 @@ def test_a_plan_consistent_in_itself_but_not_admissions_is_refused(store: Profil
     assert resp["allowed"] is False and "spec.plan: written by yolofit" in resp["status"]["message"]
 
 
+def test_a_margin_learned_between_mutate_and_validate_does_not_refuse_a_create(
+        store: ProfileStore) -> None:
+    """The two webhooks read two snapshots when an OOM is learned in between (seen on the
+    sandbox): the job the mutating webhook planned must still be admitted."""
+    from dataclasses import replace
+
+    from yolofit.operator.feedback import margin_key
+
+    before = snapshot(store)
+    obj = mutated(before, job())
+    after = replace(before, margins={margin_key("team-a", "yolov8n", obj["spec"]["plan"][
+        "gpuClass"]): 0.5})
+    assert answer("mutate", after, job())["patch"] != answer("mutate", before, job())["patch"]
+    assert answer("validate", after, obj)["allowed"] is True
+
+
 def test_plan_that_breaks_the_policy_names_the_rule(store: ProfileStore) -> None:
     snap = snapshot(store)
     new = job(plan=FORGED)

@@ -166,7 +166,13 @@ def validate_job(snap: Snapshot, request: dict[str, Any]) -> None:
         errors = admission.plan_errors(spec.plan, spec, snap.policy, ns, snap.classes) \
             if spec.plan is not None else []
         want = d.plan.wire() if d.plan is not None else None
-        if raw_plan != want:
+        old_spec = old.get("spec") if isinstance(old, dict) else None
+        old_plan = old_spec.get("plan") if isinstance(old_spec, dict) else None
+        # On CREATE the mutating webhook has just written spec.plan from its snapshot, which
+        # may be one margin or policy update older than this one: comparing would refuse a
+        # good job in that race. The plan launched is computed again at admission (never
+        # read from spec.plan), so only a plan a user *changed* on UPDATE is refused here.
+        if old is not None and raw_plan != want and raw_plan != old_plan:
             errors.append("spec.plan: written by yolofit admission only; it is not the plan "
                           "admission computes for this spec (remove spec.plan from the object)")
         if errors:
