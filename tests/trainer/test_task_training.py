@@ -35,14 +35,14 @@ def test_task_trains_on_two_ranks(task: str, tmp_path: Path) -> None:
     ranks = start_ranks(job, tmp_path)
     codes = wait_pods(ranks, timeout=600)
     assert codes == [0, 0], "\n".join(r.output()[-3000:] for r in ranks)
-    reports = [json.loads((tmp_path / "runs" / job.name / "yolofit" / f"rank-{r}.json")
-                          .read_text()) for r in (0, 1)]
+    reports = [json.loads((job.attempt_dir() / "yolofit" / f"rank-{r}.json").read_text())
+               for r in (0, 1)]
     # One model across ranks (gradients all-reduced), steps taken, loss not the zero trap.
     assert reports[0]["model"]["parameters"] == reports[1]["model"]["parameters"]
     for rep in reports:
         assert rep["steps"] == 2 and rep["world_size"] == 2
         assert all(loss > 0 for loss in rep["losses"]), rep["losses"]
     # The task's own trainer ran: its loss column is in Ultralytics' results.csv.
-    header = (tmp_path / "runs" / job.name / "results.csv").read_text().splitlines()[0]
+    header = (job.attempt_dir() / "results.csv").read_text().splitlines()[0]
     assert loss_column in header, header
     assert ranks[0].summary()["exit_reason"] == "completed"

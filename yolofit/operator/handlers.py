@@ -22,6 +22,7 @@ import kopf
 from yolofit.estimator.profile import ProfileKey, ProfileStore
 from yolofit.operator import (
     admission_server,
+    events,
     feedback,
     kube,
     kueue,
@@ -57,6 +58,7 @@ class Operator:
         self.world = World(store=ProfileStore(settings.profile_dir))
         self.registry = kopf.OperatorRegistry()
         self.api: kube.Kube | None = None
+        self.post_event = events.Poster(None, os.environ.get("POD_NAME", ""))
         self.reconciler: Reconciler | None = None
         self.profiler = Profiler(self.world.store, settings.profile_builder, self._profiled)
         self.tasks: list[asyncio.Task[None]] = []
@@ -104,7 +106,8 @@ class Operator:
             settings.peering.standalone = True
         self.api = kube.Kube(kube.load_config(s.kubeconfig), s.api_workers)
         self.set_policy(None)
-        self.reconciler = Reconciler(self.world, self.api, _post_event, self.profiler.start,
+        self.post_event.api = self.api
+        self.reconciler = Reconciler(self.world, self.api, self.post_event, self.profiler.start,
                                      s.trainer_metrics_port)
         self.reconciler.settings_ns = s.operator_namespace
         self.reconciler.monitoring_namespace = s.monitoring_namespace
@@ -503,7 +506,7 @@ class Operator:
         obj = event.get("object") or {}
         spec = _policy_spec(obj)
         if spec is None:
-            _post_event(obj, "Warning", "InvalidPolicy", "the policy does not parse; the "
+            self.post_event(obj, "Warning", "InvalidPolicy", "the policy does not parse; the "
                         "operator keeps the last valid one (see the operator's log)")
             return
         self.set_policy(spec)
@@ -525,13 +528,6 @@ def _policy_spec(obj: dict[str, Any]) -> GPUCapacityPolicySpec | None:
 def _login(**kwargs: Any) -> kopf.ConnectionInfo | None:
     """In-cluster service account first, else the kubeconfig ($KUBECONFIG)."""
     return kopf.login_with_service_account(**kwargs) or kopf.login_with_kubeconfig(**kwargs)
-
-
-def _post_event(body: dict[str, Any], type_: str, reason: str, message: str) -> None:
-    try:
-        kopf.event(cast(Any, body), type=type_, reason=reason, message=message[:1000])
-    except LookupError:  # outside kopf's context (unit tests): log only
-        log.info("%s %s: %s", type_, reason, message)
 
 
 def peering_priority(pod_name: str) -> int:
