@@ -152,3 +152,12 @@ def test_pods_not_started_yet_are_looked_at_again_when_they_would_time_out() -> 
     placing = pod(0, "Pending", conditions=unschedulable("0/9 nodes are available", T0))
     assert decide([pod_facts(placing)], 1, 0, POLICY, NOW).recheck == pytest.approx(110)
     assert decide([pod_facts(pod(0)), pod_facts(pod(1))], 2, 0, POLICY, NOW).recheck is None
+
+
+def test_a_rank_not_yet_created_after_a_restart_is_not_a_deleted_one() -> None:
+    """Seen on the sandbox: after an eviction restart, worker-1's name was still held by the
+    terminating pod of attempt 0, worker-0 of attempt 1 already ran, and the gap was taken for
+    a deleted rank: three restarts in 0.5 s and MaxRestartsReached."""
+    only_rank_0 = [pod_facts(pod(0))]
+    assert decide(only_rank_0, 2, 1, POLICY, NOW, ran_whole=False).action == "none"
+    assert decide(only_rank_0, 2, 1, POLICY, NOW, ran_whole=True).action == "restart"

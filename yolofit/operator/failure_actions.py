@@ -73,7 +73,8 @@ class FailureActions:
                           f"(restart {len(st.restarts)} of at most {policy.max_restarts})")
             self._wake_later(key, wait)
             return True
-        d = failure_policy.decide(current, plan.nodes, len(st.restarts), policy, now)
+        d = failure_policy.decide(current, plan.nodes, len(st.restarts), policy, now,
+                                  ran_whole=st.phase == "Running")
         if d.action == "none":
             if d.recheck is not None:  # a pod not started yet: look again when it times out
                 self._wake_later(key, d.recheck + 0.5)

@@ -156,16 +156,18 @@ def relaunch_wait(restarts: Sequence[Restart], attempt: int, policy: FailurePoli
 
 
 def decide(pods: Iterable[PodFacts], expected: int, restarts: int, policy: FailurePolicy,
-           now: float) -> Decision:
+           now: float, ran_whole: bool = True) -> Decision:
     """What to do with the gang whose current attempt has `pods` (of `expected`), after
-    `restarts` restarts so far."""
+    `restarts` restarts so far. `ran_whole`: every pod of this attempt has run (the job was
+    Running); before that a missing rank is one not created yet (e.g. its name still held by
+    the terminating pod of the attempt before), not a deleted one."""
     pods = sorted(pods, key=lambda p: p.rank)
     if not pods:
         return NOTHING
     if all(p.phase == "Succeeded" for p in pods):
         return NOTHING
     cause = next(((p, why) for p in pods if (why := _disrupted(p))), None)
-    if cause is None and len(pods) < expected and any(p.started for p in pods):
+    if cause is None and ran_whole and len(pods) < expected and any(p.started for p in pods):
         present = {p.rank for p in pods}
         rank = min(set(range(expected)) - present)
         gone = PodFacts(name=f"rank {rank}", rank=rank, attempt=pods[0].attempt,
