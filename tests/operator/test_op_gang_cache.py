@@ -177,3 +177,19 @@ def test_suggested_names_are_valid() -> None:
     from yolofit.operator.admission import SERVICE_NAME
     for name in ("yolo.v8", "8yolo", "YOLO__x", "-", "a.b.c"):
         assert SERVICE_NAME.fullmatch(suggest_name(name)), name
+
+
+def test_a_stale_event_never_brings_a_finished_job_back() -> None:
+    """Seen on the sandbox: a late watch event (phase Running) of a job that had just
+    Succeeded put it back in memory without its pods, and the next pass relaunched them."""
+    from yolofit.estimator.profile import ProfileStore
+    from yolofit.operator.state import World
+
+    w = World(store=ProfileStore.of([]))
+    meta = {"name": "j", "namespace": "ns", "uid": "u1"}
+    w.put_job(("ns", "j"), {"metadata": meta, "status": {"phase": "Succeeded"}})
+    w.put_job(("ns", "j"), {"metadata": meta, "status": {"phase": "Running"}})
+    assert ("ns", "j") not in w.jobs and w.finished_uid(("ns", "j"), "u1")
+    other = {**meta, "uid": "u2"}  # a new job of the same name is cached as usual
+    w.put_job(("ns", "j"), {"metadata": other, "status": {"phase": "Pending"}})
+    assert ("ns", "j") in w.jobs

@@ -63,6 +63,8 @@ class World:
         uid = str(body.get("metadata", {}).get("uid", ""))
         if uid in self.deleted:
             return
+        if phase not in TERMINAL_PHASES and self.finished_uid(key, uid):
+            return  # a stale event of a job that finished: a job never leaves Succeeded/Failed
         if phase in TERMINAL_PHASES:
             self.finish(key, uid, str(phase))
             return
