@@ -63,8 +63,12 @@ class FakeKube:
         obj["metadata"]["resourceVersion"] = str(next(_serial))
         return copy.deepcopy(obj)
 
-    async def delete(self, path: str) -> bool:
+    async def delete(self, path: str, uid: str = "") -> bool:
+        """As kube.Kube.delete: with `uid`, a newer object of the name (409) is left alone."""
         self.requests.append(Request("delete", path))
+        obj = self.objects.get(path)
+        if obj is not None and uid and obj["metadata"].get("uid") != uid:
+            return False
         return self.objects.pop(path, None) is not None
 
     async def get(self, path: str, query: Any = None, accept: str = "") -> Any:

@@ -6,6 +6,7 @@ only by owner UID."""
 from __future__ import annotations
 
 import asyncio
+import copy
 from pathlib import Path
 from typing import Any
 
@@ -320,3 +321,25 @@ def test_deleting_a_job_frees_its_quota_and_admits_the_queued_one_at_once(
     assert world.admitted_gpus("ns") == 4 and "u1" not in world.reserved
     assert world.jobs[("ns", "second")]["status"]["admitted"] is True
     assert f"{PODS}/second-worker-0" in api.objects
+
+
+def test_deleting_an_old_attempts_pods_spares_a_newer_pod_of_the_same_name(
+        tmp_path: Path) -> None:
+    """The cache still shows attempt 0's worker-0 while the apiserver already holds a newer
+    worker-0 (same name, new UID): the delete carries the old pod's UID, so only the old pod
+    it meant can go."""
+    world, api, r, _ = setup(tmp_path)
+    world.put_job(("ns", "j"), job_body("j", "u"))
+    run(r.reconcile(("ns", "j")))
+    sync_pods(world, api, "j")
+    world.jobs[("ns", "j")]["status"]["attempt"] = 1  # e.g. a re-plan: attempt 0 must go
+    newer = copy.deepcopy(api.objects[f"{PODS}/j-worker-0"])
+    newer["metadata"].update(uid="newer", labels={**newer["metadata"]["labels"],
+                                                  "yolofit.io/attempt": "1"})
+    api.objects[f"{PODS}/j-worker-0"] = newer  # the watch has not told the cache yet
+    api.requests.clear()
+    run(r.reconcile(("ns", "j")))
+    assert {q.path for q in api.requests if q.method == "delete"} == {
+        f"{PODS}/j-worker-0", f"{PODS}/j-worker-1"}
+    assert api.objects[f"{PODS}/j-worker-0"]["metadata"]["uid"] == "newer"  # spared
+    assert f"{PODS}/j-worker-1" not in api.objects  # attempt 0's, gone

@@ -350,8 +350,9 @@ class KueueHook:
         event(job, "Warning", "EvictedByKueue", st.message)
         ns = job["metadata"]["namespace"]
         for name, pod in list(pods.items()):
-            if not (pod.get("metadata") or {}).get("deletionTimestamp"):
-                await api.delete(kube.pods_path(ns, name))
+            meta = pod.get("metadata") or {}
+            if not meta.get("deletionTimestamp"):  # this pod only, not a newer one of the name
+                await api.delete(kube.pods_path(ns, name), str(meta.get("uid", "")))
 
     async def lift_plan_gate(self, api: kube.Kube, namespace: str,
                              pods: dict[str, dict[str, Any]]) -> None:
@@ -410,7 +411,7 @@ class KueueHook:
             if (meta.get("annotations") or {}).get(RETRIABLE) != "false":
                 await _patch_pod(api, namespace, name, {RETRIABLE: "false"})
             if (pod.get("status") or {}).get("phase") not in ("Succeeded", "Failed"):
-                await api.delete(kube.pods_path(namespace, name))
+                await api.delete(kube.pods_path(namespace, name), str(meta.get("uid", "")))
 
 
 async def _patch_pod(api: kube.Kube, namespace: str, name: str,

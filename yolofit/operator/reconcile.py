@@ -179,7 +179,7 @@ class Reconciler(FailureActions):
         stale = [v for v in views if v.attempt != st.attempt]
         for v in stale:
             if not v.deleting:
-                await self.api.delete(kube.pods_path(ns, v.name))
+                await self.api.delete(kube.pods_path(ns, v.name), v.uid)
         if stale:
             await self.kueue.release_superseded(self.api, ns, self.world.pods_of(key),
                                                 st.attempt)

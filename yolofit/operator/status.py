@@ -32,6 +32,7 @@ class PodView:
     deleting: bool = False
     unschedulable: str = ""  # the scheduler's message while it cannot place the pod
     owner_uid: str = ""  # UID of the pod's controller ownerReference
+    uid: str = ""  # the pod's own UID: deletes carry it, so a newer pod of the name is spared
 
 
 def controller_uid(meta: Mapping[str, Any]) -> str:
@@ -69,7 +70,7 @@ def pod_view(pod: Mapping[str, Any]) -> PodView:
                    exit_code=exit_code, message=message,
                    deleting=bool(meta.get("deletionTimestamp")),
                    unschedulable=unschedulable if not spec.get("nodeName") else "",
-                   owner_uid=controller_uid(meta))
+                   owner_uid=controller_uid(meta), uid=str(meta.get("uid", "")))
 
 
 def set_condition(conditions: list[Condition], type_: str, status: str, reason: str,
