@@ -81,6 +81,9 @@ def test_denser_data_replans_the_job_and_the_new_attempt_runs(
                                               f"{before['batchPerGpu']} -> "
                                               f"{after['batchPerGpu']} per GPU")
     assert "OutOfMemoryReplan" not in [e["reason"] for e in events]
+    wide = kubectl("get", "ytj", "-n", namespace, "dense", "-o", "wide").stdout.split("\n")
+    at = wide[0].index("OBJ/IMG")  # (columns are aligned; EST's value has a space)
+    assert wide[1][at:].split()[0] == "412"
 
     finish_all(kube, namespace, "dense")
     job = wait_for(phase_is(kubectl, namespace, "dense", "Succeeded"), 60, what="Succeeded")
