@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 from opfixtures import make_profiles, summary
+from recording_api import Killed
 from test_op_faults import KEY, NS, Harness, end_pod, live_pods, new_job, run_pods
 
 from yolofit.operator import feedback, kube, replan
@@ -340,3 +341,41 @@ def test_model_differs_without_a_profile_traces_it_then_runs(tmp_path: Path) -> 
     assert all(p["metadata"]["labels"]["yolofit.io/attempt"] == "1"
                for p in h.api.pods(NS).values())
     assert st.get("replans", []) == [] and h.world.margins == {}
+
+
+# --- crash safety: a kill -9 after any request of the re-plan -------------------------------
+
+def denser_scenario(h: Harness) -> int:
+    running(h)
+    end_pod(h.api, "j-worker-1", 3, denser(1, 412))
+    return len(h.api.requests)
+
+
+def test_the_kill_matrix_covers_every_request_of_the_replan(tmp_path: Path) -> None:
+    h = DenseHarness(tmp_path)
+    start = denser_scenario(h)
+    h.settle(6)
+    assert 0 < len(h.api.requests) - start < 16
+
+
+@pytest.mark.parametrize("n", range(1, 16))
+def test_kill_9_after_each_request_of_the_replan(tmp_path: Path, n: int) -> None:
+    """Written before the old pods go: a restarted operator finds the new attempt, deletes
+    the old pods as stale and launches the new plan - never the old one, never twice."""
+    h = DenseHarness(tmp_path)
+    h.api.kill_after(denser_scenario(h) + n)
+    for _ in range(6):
+        if isinstance(h.reconcile(), Killed):
+            break
+    h.api.restarted()
+    h.restart()
+    h.settle(6)
+    st = h.status
+    assert st["attempt"] == 1 and [r["cause"] for r in st["replans"]] == ["DataDenser"], st
+    assert st["measuredInputs"]["objectsPerImage"] == 412
+    pods = h.api.pods(NS)
+    assert sorted(pods) == ["j-worker-0", "j-worker-1"]
+    for p in pods.values():
+        assert p["metadata"]["labels"]["yolofit.io/attempt"] == "1"
+        assert config_of(p)["batch_per_gpu"] == st["plan"]["batchPerGpu"] < 17
+    assert h.world.margins == {} and MARGINS_CM not in h.api.objects
