@@ -7,6 +7,7 @@ failed with the figure when nothing fits."""
 
 from __future__ import annotations
 
+import copy
 import json
 from pathlib import Path
 from typing import Any
@@ -379,3 +380,24 @@ def test_kill_9_after_each_request_of_the_replan(tmp_path: Path, n: int) -> None
         assert p["metadata"]["labels"]["yolofit.io/attempt"] == "1"
         assert config_of(p)["batch_per_gpu"] == st["plan"]["batchPerGpu"] < 17
     assert h.world.margins == {} and MARGINS_CM not in h.api.objects
+
+
+# --- the webhooks plan a requeued job as the operator does -------------------------------
+
+@pytest.mark.parametrize(("measured", "objects"), [
+    ({"objectsPerImage": 412, "source": "j-worker-1", "attempt": 0}, 412),
+    ({"objectsPerImage": "lots"}, 100),  # not ours to trust: the policy default
+    (None, 100),
+])
+def test_webhook_plan_of_a_not_admitted_job_uses_the_measured_inputs(
+        tmp_path: Path, measured: dict[str, Any] | None, objects: int) -> None:
+    from yolofit.operator.webhooks import Snapshot, desired_plan
+
+    f = fleet(tmp_path)
+    snap = Snapshot(policy=f.policy, classes=dict(f.classes), store=f.store)
+    obj = {"apiVersion": "yolofit.io/v1alpha1", "kind": "YOLOTrainingJob",
+           "metadata": {"name": "j", "namespace": "ns"},
+           "spec": {"model": "yolov8n", "data": "/d.yaml", "gpus": {"nodes": 2, "perNode": 1}},
+           "status": {"admitted": False, "measuredInputs": measured}}
+    plan = desired_plan(snap, obj, copy.deepcopy(obj))
+    assert plan is not None and plan["objectsPerImage"] == objects
