@@ -53,7 +53,9 @@ def test_job_crd_has_printer_columns_short_name_and_descriptions() -> None:
     version = crd["spec"]["versions"][0]
     cols = [c["name"] for c in version["additionalPrinterColumns"]]
     assert cols == ["TASK", "CLASS", "SLICE", "GPUS", "BATCH/GPU", "ACCUM", "AMP", "EST",
-                    "PEAK", "PHASE", "AGE"]
+                    "PEAK", "OBJ/IMG", "PHASE", "AGE"]
+    wide = [c["name"] for c in version["additionalPrinterColumns"] if c.get("priority")]
+    assert wide == ["OBJ/IMG"]  # kubectl get ytj -o wide
     assert spec_task_enum(crd) == ["detect", "segment", "pose", "obb", "classify"]
     assert crd["spec"]["names"]["shortNames"] == ["ytj"]
     spec = version["schema"]["openAPIV3Schema"]["properties"]["spec"]

@@ -3,10 +3,12 @@ exit reason data-denser (code 3) and the figure when the plan assumed fewer obje
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
 
+from yolofit.operator import feedback
 from yolofit.sandbox.localrun import wait_pods
 from yolofit.trainer.config import TrainConfig
 from yolofit.trainer.errors import DataDenser
@@ -49,3 +51,8 @@ def test_denser_data_stops_before_the_first_step(dense: Path, tmp_path: Path) ->
     summary = ranks[0].summary()
     assert summary["exit_reason"] == "data-denser" and summary["steps"] == 0
     assert summary["objects_per_image"] == 12 and "re-plan with 12" in summary["message"]
+    # ... and the operator reads the figure it re-plans with (operator/replan.py)
+    report = feedback.parse_summary(json.dumps(summary), 0, "p")
+    assert report is not None and not report.rejected
+    assert (report.exit_reason, report.objects_per_image) == ("data-denser", 12)
+    assert [r.exit_reason for r in report.ranks] == ["data-denser"]

@@ -171,7 +171,8 @@ class RankMeasurement(Model):
                                     "process (reserved + context).")
     steps: int = Field(0, ge=0, description="Optimizer micro-steps run.")
     images_per_second: float = Field(0.0, ge=0, description="Throughput of the rank.")
-    exit_reason: str = Field("", description="completed, oom, error or data-missing.")
+    exit_reason: str = Field("", description="completed, oom, error, data-missing, "
+                             "data-denser, model-differs or terminated.")
     message: str = Field("", description="Trainer's message.")
 
 
@@ -186,14 +187,49 @@ class Measured(Model):
                                          "estimate; CUDA only.")
 
 
+ReplanCause = Literal["OutOfMemory", "DataDenser", "ModelDiffers"]
+
+
 class Replan(Model):
     attempt: int = Field(ge=1, description="Attempt number the new plan runs as.")
+    cause: ReplanCause = Field("OutOfMemory", description="OutOfMemory (CUDA OOM, counted "
+                               "against the policy's maxReplans), DataDenser (the pods "
+                               "measured more objects per image than the plan assumed) or "
+                               "ModelDiffers (the checkpoint is another architecture or nc "
+                               "than the plan assumed); only OutOfMemory counts as an OOM.")
     reason: str = Field(description="Why: e.g. rank 1 ran out of memory at batch 16.")
     from_batch_per_gpu: int = Field(ge=1, description="Batch per GPU before.")
     to_batch_per_gpu: int = Field(ge=1, description="Batch per GPU after.")
     accumulate: int = Field(ge=1, description="Accumulation after.")
     checkpointing: bool = Field(False, description="Checkpointing after.")
     time: str = Field(description="When (RFC 3339).")
+
+
+class ModelFound(Model):
+    """The architecture a checkpoint turned out to be (trainer exit reason model-differs)."""
+
+    model: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$",
+                       description="Model name the checkpoint was built from, e.g. yolo11l.")
+    nc: int = Field(ge=1, le=100000, description="Number of classes of its head.")
+
+
+class MeasuredInputs(Model):
+    """Plan inputs the job's pods measured, where they differ from what admission assumed.
+    Every later plan of the job (re-plans after OOM, requeues) is made with them: they win
+    over spec.maxObjectsPerImage, spec.model, spec.classes and the policy's defaults."""
+
+    objects_per_image: int | None = Field(None, ge=1, description="Most labelled objects "
+                                          "in one training image, measured by the trainer "
+                                          "from its label cache (exit reason data-denser); "
+                                          "never lowered by a later report.")
+    model: str | None = Field(None, description="Architecture of the checkpoint the job "
+                              "trains from (exit reason model-differs), planned instead of "
+                              "spec.model.")
+    classes: int | None = Field(None, ge=1, description="nc of that checkpoint, planned "
+                                "instead of spec.classes.")
+    source: str = Field("", description="Pod whose summary reported the last figure.")
+    attempt: int = Field(0, ge=0, description="Attempt whose pods measured it.")
+    time: str = Field("", description="When it was recorded (RFC 3339).")
 
 
 class KueueStatus(Model):
@@ -251,7 +287,13 @@ class YOLOTrainingJobStatus(Model):
     measured: Measured | None = Field(None, description="Measured peaks from the trainer.")
     attempt: int = Field(0, ge=0, description="Launch attempt: increases on every relaunch "
                          "of new pods (OOM re-plan, gang restart, requeue).")
-    replans: list[Replan] = Field(default_factory=list, description="OOM re-plans so far.")
+    replans: list[Replan] = Field(default_factory=list, description="Re-plans so far: "
+                                  "after an OOM, or after the pods measured denser data or "
+                                  "a bigger model than the plan assumed (see cause).")
+    measured_inputs: MeasuredInputs | None = Field(None, description="Plan inputs the pods "
+                                                   "measured (objects per image, the "
+                                                   "checkpoint's model and nc); every later "
+                                                   "plan of the job uses them.")
     restarts: list[Restart] = Field(default_factory=list, description="Whole-gang restarts "
                                     "after disruptions so far (the failure policy).")
     admitted: bool = Field(False, description="Counted against the namespace's GPU quota.")
@@ -425,7 +467,8 @@ class GPUCapacityPolicySpec(Model):
     default_headroom_percent: float = Field(10.0, ge=0, le=90, description="Headroom for "
                                             "classes that do not set one.")
     max_replans: int = Field(3, ge=0, le=20, description="OOM re-plans per job before it "
-                             "fails.")
+                             "fails (re-plans for denser data or a bigger model than "
+                             "assumed do not count).")
     outputs: OutputStorage = Field(default_factory=OutputStorage, description="Storage for "
                                    "jobs' outputDir: a PersistentVolumeClaim per job when a "
                                    "size is given, else an emptyDir.")

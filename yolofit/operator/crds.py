@@ -125,6 +125,8 @@ JOB_COLUMNS = [
     _column("AMP", ".spec.plan.amp", description="Mixed precision"),
     _column("EST", ".spec.plan.estimate", description="Predicted peak per GPU"),
     _column("PEAK", ".status.measured.maxPeak", description="Measured peak per GPU"),
+    _column("OBJ/IMG", ".status.plan.objectsPerImage", "integer", "Objects per image the "
+            "plan assumes (measured by the pods when they found denser data)", priority=1),
     _column("PHASE", ".status.phase", description="Phase"),
     _column("AGE", ".metadata.creationTimestamp", "date"),
 ]

@@ -19,12 +19,13 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from yolofit.estimator import planner
-from yolofit.operator.api import Measured, Plan, RankMeasurement
+from yolofit.operator.api import Measured, ModelFound, Plan, RankMeasurement
 from yolofit.units import format_bytes
 
 OOM_EXIT_CODE = 88
@@ -38,7 +39,13 @@ SEEN_KEPT = 64  # observation ids remembered per margin entry
 PEAK_FACTOR = 1.5  # a peak above the class's memory x this is not a measurement
 MAX_SUMMARY_CHARS = 16_384  # the kubelet keeps 4096 bytes; anything longer is not ours
 MAX_COUNT = 2**53  # bytes/steps above this are not measurements (and lose float precision)
-_EXIT_REASONS = {0: "completed", 1: "error", 2: "data-missing", 88: "oom"}
+DATA_DENSER_EXIT_CODE = 3  # the data holds more objects per image than planned (replan.py)
+MODEL_DIFFERS_EXIT_CODE = 4  # the checkpoint is a bigger model / more classes (replan.py)
+_EXIT_REASONS = {0: "completed", 1: "error", 2: "data-missing",
+                 DATA_DENSER_EXIT_CODE: "data-denser", MODEL_DIFFERS_EXIT_CODE: "model-differs",
+                 88: "oom"}
+MAX_OBJECTS_PER_IMAGE = 1_000_000  # a measured density above this is not a measurement
+_MODEL_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")  # a name, never a path
 
 
 @dataclass(frozen=True)
@@ -54,6 +61,8 @@ class PodReport:
     epochs_done: int = 0
     save_dir: str = ""
     resumed_from: str = ""
+    objects_per_image: int | None = None  # the densest training image (data-denser)
+    model_found: ModelFound | None = None  # what the checkpoint is (model-differs)
     rejected: str = ""
 
 
@@ -145,7 +154,35 @@ def _report(data: dict[str, Any], rank: int, pod: str) -> PodReport:
         pod=pod, ranks=ranks, exit_reason=reason, message=message,
         attempt=_count(data, "attempt") if attempt is not None else None,
         start_epoch=_count(data, "start_epoch"), epochs_done=_count(data, "epochs_done"),
-        save_dir=_text(data, "save_dir", 512), resumed_from=_text(data, "resumed_from", 512))
+        save_dir=_text(data, "save_dir", 512), resumed_from=_text(data, "resumed_from", 512),
+        objects_per_image=_objects(data), model_found=_model_found(data))
+
+
+def _objects(data: Mapping[str, Any]) -> int | None:
+    """`objects_per_image` (null or absent: None); out of bounds rejects the report."""
+    if data.get("objects_per_image") is None:
+        return None
+    n = _count(data, "objects_per_image")
+    if not 1 <= n <= MAX_OBJECTS_PER_IMAGE:
+        raise _Bad(f"objects_per_image={n} is outside 1..{MAX_OBJECTS_PER_IMAGE}")
+    return n
+
+
+def _model_found(data: Mapping[str, Any]) -> ModelFound | None:
+    """`model_found` {"model": name, "nc": classes} (null or absent: None); a model that is
+    not a plain name (a path, markup) or an nc out of bounds rejects the report."""
+    raw = data.get("model_found")
+    if raw is None:
+        return None
+    if not isinstance(raw, dict):
+        raise _Bad("model_found is not an object")
+    model = raw.get("model")
+    if not isinstance(model, str) or not _MODEL_NAME.fullmatch(model):
+        raise _Bad("model_found.model is not a model name")
+    nc = _count(raw, "nc")
+    if not 1 <= nc <= 100_000:
+        raise _Bad(f"model_found.nc={nc} is outside 1..100000")
+    return ModelFound(model=model, nc=nc)
 
 
 @dataclass(frozen=True)

@@ -24,6 +24,7 @@ from yolofit.operator import (
     launch,
     margins,
     metrics,
+    replan,
     storage,
 )
 from yolofit.operator import policy as pol
@@ -38,6 +39,7 @@ from yolofit.operator.failure_actions import FailureActions
 from yolofit.operator.gang_shell import GangShell
 from yolofit.operator.kube import Kube
 from yolofit.operator.kueue import KueueHook, queue_name
+from yolofit.operator.replan_actions import ReplanActions
 from yolofit.operator.sharing import apply as sharing
 from yolofit.operator.state import Key, World
 from yolofit.operator.status import PodsOutcome, PodView, pod_view, set_condition, summarize
@@ -50,7 +52,7 @@ def now() -> str:
     return dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-class Reconciler(FailureActions):
+class Reconciler(FailureActions, ReplanActions):
     def __init__(self, world: World, api: Kube, event: EventFn,
                  start_profiling: Callable[[Any], Awaitable[str | None]],
                  metrics_port: int = launch.METRICS_PORT) -> None:
@@ -139,9 +141,13 @@ class Reconciler(FailureActions):
             return
         # 4. Launch the current attempt (deleting pods of an earlier one first).
         current = await self._launch(key, body, job, plan, st, gen, t)
-        if current is None:
-            return
-        # 5. Follow the pods: only summaries of the job's own pods of this attempt count.
+        if current is not None:
+            await self._follow(key, body, job, plan, st, current, gen, t)
+
+    async def _follow(self, key: Key, body: dict[str, Any], job: YOLOTrainingJob, plan: Plan,
+                      st: YOLOTrainingJobStatus, current: list[PodView], gen: int,
+                      t: str) -> None:
+        """5. Follow the pods: only summaries of the job's own pods of this attempt count."""
         outcome = summarize(current, plan, self._trust(body, plan, st))
         self._dropped(body, st, outcome.dropped)
         st.results = storage.results(st.results, self._storage(body, job), job.spec, key[1],
@@ -149,6 +155,9 @@ class Reconciler(FailureActions):
         if outcome.ranks:
             m = feedback.measured(outcome.ranks, plan.predicted_device_bytes)
             st.measured = m
+        # Denser data or a bigger model than the plan assumed: a new plan, not an OOM.
+        if await self._replan_measured(key, body, job, plan, st, outcome.reports, gen, t):
+            return
         if outcome.oom:
             await self._oom(key, body, job, plan, st, outcome.ranks, gen)
             return
@@ -227,7 +236,8 @@ class Reconciler(FailureActions):
         ns, name = key
         w = self.world
         started = time.perf_counter()
-        d = admission.decide(name, ns, job.spec, w.policy, w.classes, w.store, w.margin_values())
+        spec = replan.planning_spec(job.spec, st.measured_inputs)  # measured inputs win
+        d = admission.decide(name, ns, spec, w.policy, w.classes, w.store, w.margin_values())
         metrics.PLAN_SECONDS.observe(time.perf_counter() - started)
         t = now()
         if d.missing is not None:
@@ -372,15 +382,17 @@ class Reconciler(FailureActions):
                    st: YOLOTrainingJobStatus, ranks: list[Any], gen: int) -> None:
         ns, name = key
         t = now()
-        model = admission.model_id(job.spec.model)
+        spec = replan.planning_spec(job.spec, st.measured_inputs)  # never below the measured
+        model = admission.model_id(spec.model)
         metrics.OOMS.labels(plan.gpu_class, ns).inc()
         margin = await self._learn(key, body, job, plan, st, ranks)
         limit = self.world.policy.max_replans
-        if len(st.replans) >= limit:
-            msg = f"out of GPU memory after {len(st.replans)} re-plans (policy limit {limit})"
+        ooms = sum(1 for r in st.replans if r.cause == "OutOfMemory")
+        if ooms >= limit:
+            msg = f"out of GPU memory after {ooms} re-plans (policy limit {limit})"
             self._fail(body, st, "OutOfMemory", msg, gen, t)
             return
-        pinned = job.spec.model_copy(update={"gpu_class": plan.gpu_class, "plan": None})
+        pinned = spec.model_copy(update={"gpu_class": plan.gpu_class, "plan": None})
         d = admission.decide(name, ns, pinned, self.world.policy, self.world.classes,
                              self.world.store, self.world.margin_values())
         r = feedback.next_plan(plan, d.plan, job.spec.nbs,
@@ -452,9 +464,10 @@ class Reconciler(FailureActions):
     async def _learn(self, key: Key, body: dict[str, Any], job: YOLOTrainingJob, plan: Plan,
                      st: YOLOTrainingJobStatus, oom_ranks: list[Any] | None) -> float:
         """Learn from this attempt once (margins.learn); returns the margin now in force."""
+        model = replan.planning_spec(job.spec, st.measured_inputs).model
         return await margins.learn(
             self.api, self.world, (self.settings_ns, self.settings_cm),
-            feedback.margin_key(key[0], admission.model_id(job.spec.model), plan.gpu_class),
+            feedback.margin_key(key[0], admission.model_id(model), plan.gpu_class),
             feedback.observation_id(body["metadata"]["uid"], st.attempt), plan, oom_ranks,
             st.measured)
 

@@ -140,6 +140,12 @@ def summarize(pods: Iterable[PodView], plan: Plan,
     return replace(outcome, reports=reports, dropped=dropped)
 
 
+# A failed pod's condition reason by its summary's exit reason. data-denser and
+# model-differs end here only when replan.py found nothing new to plan with.
+_FAILED_REASONS = {"data-missing": "DataMissing", "data-denser": "DataDenser",
+                   "model-differs": "ModelDiffers"}
+
+
 def _outcome(pods: list[PodView], plan: Plan, reports: list[feedback.PodReport],
              ranks: list[RankMeasurement]) -> PodsOutcome:
     by_pod = {rep.pod: rep for rep in reports}
@@ -154,8 +160,9 @@ def _outcome(pods: list[PodView], plan: Plan, reports: list[feedback.PodReport],
         summary = by_pod.get(p.name)
         detail = summary.message if summary and summary.message else (
             p.message.strip()[-300:] if p.message and summary is None else "")
-        reason = "DataMissing" if (p.exit_code == feedback.BAD_INPUT_EXIT_CODE or (
-            summary and summary.exit_reason == "data-missing")) else "TrainerFailed"
+        reason = _FAILED_REASONS.get(summary.exit_reason if summary else "", "TrainerFailed")
+        if p.exit_code == feedback.BAD_INPUT_EXIT_CODE:
+            reason = "DataMissing"
         text = f"{p.name} exited with code {p.exit_code}" + (f": {detail}" if detail else "")
         return PodsOutcome("Failed", reason, text, False, ranks)
     expected = plan.nodes

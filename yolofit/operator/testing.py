@@ -27,8 +27,10 @@ MiB = 2**20
 
 def write_synthetic_profiles(directory: Path, model: str = "yolov8n", fixed_gib: float = 1.0,
                   per_sample_mib: float = 200.0, imgsz: int = 640, nc: int = 80,
-                  optimizer: str = "AdamW", ckpt_factor: float = 0.5) -> ProfileStore:
-    """Profiles for every AMP mode, with and without checkpointing, stored in `directory`."""
+                  optimizer: str = "AdamW", ckpt_factor: float = 0.5,
+                  per_object_bytes: int = 1024) -> ProfileStore:
+    """Profiles for every AMP mode, with and without checkpointing, stored in `directory`
+    (`per_object_bytes`: what each labelled object of a sample costs, per image)."""
     ref = resolve_model(model)
     store = ProfileStore(directory, shipped=None)
     for amp in ("off", "fp16", "bf16"):
@@ -37,8 +39,8 @@ def write_synthetic_profiles(directory: Path, model: str = "yolov8n", fixed_gib:
             per_sample = int(per_sample_mib * MiB * scale)
             fixed = int(fixed_gib * GiB)
             key = ProfileKey(ref.name, ref.config_hash, imgsz, amp, optimizer, nc, ckpt)
-            alloc = Terms(fixed, per_sample, 1024)
-            reserved = Terms(int(fixed * 1.1), int(per_sample * 1.1), 1024)
+            alloc = Terms(fixed, per_sample, per_object_bytes)
+            reserved = Terms(int(fixed * 1.1), int(per_sample * 1.1), per_object_bytes)
             store.put(Profile(key=key, params=3_000_000, allocated=alloc, reserved=reserved,
                               breakdown={"weights": Terms(fixed // 4, 0),
                                          "activations": Terms(0, per_sample)},

@@ -30,8 +30,13 @@ from typing import Any
 from pydantic import ValidationError
 
 from yolofit.estimator.profile import ProfileStore
-from yolofit.operator import admission, metrics
-from yolofit.operator.api import GPUCapacityPolicySpec, GpuClassSpec, YOLOTrainingJobSpec
+from yolofit.operator import admission, metrics, replan
+from yolofit.operator.api import (
+    GPUCapacityPolicySpec,
+    GpuClassSpec,
+    MeasuredInputs,
+    YOLOTrainingJobSpec,
+)
 from yolofit.operator.fleet import ClassInfo
 from yolofit.units import parse_bytes
 
@@ -118,11 +123,24 @@ def desired_plan(snap: Snapshot, obj: dict[str, Any], old: Any) -> dict[str, Any
 
 def decide(snap: Snapshot, obj: dict[str, Any], spec: YOLOTrainingJobSpec) -> admission.Decision:
     name, ns = _meta(obj)
+    spec = replan.planning_spec(spec, _measured_inputs(obj))  # as the operator plans it
     started = time.perf_counter()
     d = admission.decide(name, ns, spec.model_copy(update={"plan": None}), snap.policy,
                          snap.classes, snap.store, dict(snap.margins))
     metrics.PLAN_SECONDS.observe(time.perf_counter() - started)
     return d
+
+
+def _measured_inputs(obj: dict[str, Any]) -> MeasuredInputs | None:
+    """status.measuredInputs of a job (a requeued one keeps what its pods measured)."""
+    status = obj.get("status")
+    raw = status.get("measuredInputs") if isinstance(status, dict) else None
+    if not isinstance(raw, dict):
+        return None
+    try:
+        return MeasuredInputs.model_validate(raw)
+    except (ValidationError, RecursionError):
+        return None
 
 
 # --- the two job webhooks -------------------------------------------------------------------
