@@ -133,3 +133,20 @@ def test_the_pod_config_gets_architecture_weights_and_classes() -> None:
 
     TrainConfig.model_validate(cfg)  # the trainer reads what the operator writes
 
+
+def test_a_model_differs_summary_parses() -> None:
+    """The pod summary with model-differs (exit 4) and model_found reaches the operator's
+    parser intact (the re-plan on it is wired elsewhere)."""
+    from yolofit.operator.feedback import parse_summary
+    from yolofit.trainer.summary import Summary, encode
+
+    found = {"model": "yolo11l", "nc": 80}
+    text = encode([Summary(rank=r, exit_reason="model-differs" if r else "error",
+                           message="model: training would build yolo11l", model_found=found)
+                   for r in (0, 1)])
+    assert '"model_found":{"model":"yolo11l","nc":80}' in text
+    report = parse_summary(text, 0, "p")
+    assert report is not None and not report.rejected
+    assert report.exit_reason == "model-differs"
+    assert [r.exit_reason for r in report.ranks] == ["error", "model-differs"]
+    assert report.ranks[1].message.startswith("model: training would build")

@@ -38,7 +38,7 @@ SEEN_KEPT = 64  # observation ids remembered per margin entry
 PEAK_FACTOR = 1.5  # a peak above the class's memory x this is not a measurement
 MAX_SUMMARY_CHARS = 16_384  # the kubelet keeps 4096 bytes; anything longer is not ours
 MAX_COUNT = 2**53  # bytes/steps above this are not measurements (and lose float precision)
-_EXIT_REASONS = {0: "completed", 1: "error", 2: "data-missing", 88: "oom"}
+_EXIT_REASONS = {0: "completed", 1: "error", 2: "data-missing", 4: "model-differs", 88: "oom"}
 
 
 @dataclass(frozen=True)
