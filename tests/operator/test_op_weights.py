@@ -150,3 +150,18 @@ def test_a_model_differs_summary_parses() -> None:
     assert report.exit_reason == "model-differs"
     assert [r.exit_reason for r in report.ranks] == ["error", "model-differs"]
     assert report.ranks[1].message.startswith("model: training would build")
+
+
+def test_the_readme_example_is_admissible() -> None:
+    """README's "Fine-tuning from your own checkpoint" spec passes these rules as written."""
+    import re
+
+    import yaml
+
+    readme = (Path(__file__).parents[2] / "README.md").read_text()
+    section = readme.split("## Fine-tuning from your own checkpoint", 1)[1]
+    block = re.search(r"```yaml\n(.*?)```", section, re.S)
+    assert block is not None
+    s = YOLOTrainingJobSpec.model_validate(yaml.safe_load(block.group(1))["spec"])
+    assert weights.errors(s) == [] and weights.architecture(s) == "yolo11m"
+    assert weights.errors(spec(model="/data/runs/best.pt"))[0] in readme.replace("\n", " ")
