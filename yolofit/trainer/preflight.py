@@ -218,9 +218,10 @@ def check(cfg: TrainConfig, task: str) -> Preflight:
     with contextlib.suppress(UnknownModel):
         planned = resolve_model(arch) if arch else None
     if weights is None or arch is None or planned is None:  # nothing to compare
-        model = weights or cfg.model
         finding = _nc_only(cfg.model, plan_nc, data_nc)
-        return _raise_if_bigger(Preflight(model, None, finding))
+        if cfg.weights:  # an architecture yolofit cannot resolve: Ultralytics builds it
+            return _raise_if_bigger(Preflight(cfg.model, cfg.weights, finding))
+        return _raise_if_bigger(Preflight(cfg.model, None, finding))
     ckpt = load_weights(weights)
     found_cfg = dict(ckpt.yaml)
     if task_of(found_cfg) != planned.task:  # a weights source for the planned architecture
