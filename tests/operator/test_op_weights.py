@@ -49,7 +49,7 @@ def spec(**kw: Any) -> YOLOTrainingJobSpec:
     ({"model": "yolo11m", "weights": "/datasets/best.pt"}, "spec.weights: /datasets/best.pt is "
      "not under any of spec.volumeMounts (mountPath: /data, /ckpt)", "mount the volume"),
     ({"model": "yolo11m.pt"}, "spec.model: 'yolo11m.pt' is not an absolute path",
-     "nothing is downloaded"),
+     "or spec.model: yolo11m to train the architecture from scratch; nothing is downloaded"),
     ({"model": "/models/yolo11m.pt"}, "spec.model: /models/yolo11m.pt is not under any of "
      "spec.volumeMounts", "mount the volume"),
 ])

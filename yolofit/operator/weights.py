@@ -79,8 +79,10 @@ def path_errors(field: str, path: str, spec: YOLOTrainingJobSpec) -> list[str]:
     """A checkpoint path must be absolute, a .pt file, and inside one of the job's mounts
     (the pod sees nothing else; nothing is downloaded)."""
     if not path.startswith("/"):
+        scratch = (f", or spec.model: {checkpoint_architecture(path)} to train the "
+                   f"architecture from scratch" if field == "spec.model" else "")
         return [f"{field}: {path!r} is not an absolute path; give the checkpoint's path inside "
-                f"a mounted volume (e.g. /data/runs/best.pt); nothing is downloaded"]
+                f"a mounted volume (e.g. /data/runs/best.pt){scratch}; nothing is downloaded"]
     if not path.endswith(".pt"):
         return [f"{field}: {path!r} is not a .pt checkpoint; give an Ultralytics checkpoint "
                 f"(e.g. /data/runs/best.pt)"]
