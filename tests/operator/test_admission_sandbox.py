@@ -229,3 +229,29 @@ def test_trainer_pods_are_admitted_under_pod_security_restricted(
     assert netpol["metadata"]["ownerReferences"][0]["name"] == "pss"
     log = operator.log_path.read_text(errors="replace")
     assert "violates PodSecurity" not in log
+
+
+def test_a_job_with_weights_is_planned_from_its_architecture(
+        operator: Any, kubectl: Any, kube: Any, namespace: str, tenant: Any,
+        policy: Callable[..., None]) -> None:
+    """Issue 11 item 4 on the real apiserver: spec.weights survives the CRD schema, the job
+    is planned from spec.model (never Profiling for its checkpoint's name) and the pods get
+    the checkpoint; a .pt whose name implies no architecture is refused at apply."""
+    policy([{"namespace": namespace, "allowedClasses": ["t4"]}])
+    vol = {"volumes": [{"name": "d", "persistentVolumeClaim": {"claimName": "data"}}],
+           "volumeMounts": [{"name": "d", "mountPath": "/data"}]}
+    refused = tenant("apply", "-f", "-", check=False,
+                     input=job("bare", namespace, model="/data/runs/best.pt", **vol))
+    assert refused.returncode != 0
+    assert ("spec.model: best.pt names no architecture; set spec.model to the architecture "
+            "(e.g. yolo11m) and spec.weights: /data/runs/best.pt") in refused.stderr
+    tenant("apply", "-f", "-", input=job("tuned", namespace, weights="/data/runs/best.pt",
+                                         **vol))
+    body = get(kubectl, namespace, "tuned")
+    assert body["spec"]["weights"] == "/data/runs/best.pt"
+    assert body["spec"]["plan"]["profile"].startswith("yolov8n"), body["spec"]["plan"]
+    wait_for(is_admitted(kubectl, namespace, "tuned"), 60, what="admitted")
+    launched = wait_for(lambda: pods(kube, namespace, "tuned") or None, 60, what="pods")
+    env = {e.name: e.value for e in launched[0].spec.containers[0].env}
+    config = json.loads(env["YOLOFIT_TRAIN_CONFIG"])
+    assert (config["model"], config["weights"]) == ("yolov8n.yaml", "/data/runs/best.pt")

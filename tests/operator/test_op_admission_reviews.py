@@ -202,6 +202,13 @@ def test_queued_job_spec_change_gets_a_fresh_plan(store: ProfileStore) -> None:
     (job(volumes=[{"name": "p", "persistentVolumeClaim": {"claimName": "data"}}]), None),
     (job(args={f"k{i}": i for i in range(50_000)}),
      "spec.args: 50000 arguments; at most 200"),
+    (job(model="/data/runs/best.pt"), "spec.model: best.pt names no architecture; set "
+     "spec.model to the architecture (e.g. yolo11m) and spec.weights: /data/runs/best.pt"),
+    (job(weights="/data/runs/best.pt"), "spec.weights: /data/runs/best.pt is not under any "
+     "of spec.volumeMounts"),
+    (job(weights="/data/runs/best.pt",
+         volumes=[{"name": "d", "persistentVolumeClaim": {"claimName": "data"}}],
+         volumeMounts=[{"name": "d", "mountPath": "/data"}]), None),
 ])
 def test_refusals_name_the_field(store: ProfileStore, obj: dict[str, Any],
                                  fragment: str | None) -> None:

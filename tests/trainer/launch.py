@@ -36,13 +36,16 @@ class Job:
     gpu_class: str = "cpu-test"
     checkpointing: bool = False
     task: str | None = None
+    weights: str | None = None  # spec.weights: a checkpoint to start from
+    classes: int = 2
 
     def spec_and_plan(self) -> tuple[YOLOTrainingJobSpec, Plan]:
         gpus = self.nodes * self.per_node
         spec = YOLOTrainingJobSpec(
             model=self.model,
             data=str(self.data),
-            classes=2,
+            classes=self.classes,
+            weights=self.weights,
             imgsz=64,
             epochs=self.epochs,
             nbs=self.nbs,

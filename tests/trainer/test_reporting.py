@@ -29,6 +29,7 @@ CONTRACT_FIELDS = {
     "save_dir",
     "resumed_from",
     "objects_per_image",
+    "model_found",
     "ranks",
 }
 
@@ -41,6 +42,7 @@ def test_summary_has_the_contract_fields_and_fits_a_termination_message(tmp_path
     assert set(data) == CONTRACT_FIELDS
     assert s.exit_code == 88 and len(log.read_bytes()) < 4096
     assert Summary(rank=0, exit_reason="data-missing").exit_code == 2
+    assert Summary(rank=0, exit_reason="model-differs").exit_code == 4
 
 
 def test_cpu_memory_is_host_rss() -> None:

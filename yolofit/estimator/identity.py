@@ -227,6 +227,33 @@ def _resolve_pt(path: Path) -> ModelRef:
     return ModelRef(name=path.stem, config_hash=config_hash(config), path=path, config=config)
 
 
+class AmbiguousModel(UnknownModel):
+    """A name that points at a model family but not at one architecture (no scale)."""
+
+
+def checkpoint_architecture(path: str) -> str:
+    """The shipped architecture a checkpoint's *file name* implies, without opening it:
+    '/data/yolo11m-seg.pt' -> 'yolo11m-seg', 'yolov8s6.pt' -> 'yolov8s-p6'. Ultralytics'
+    released weights are named this way. Raises UnknownModel when the name implies no
+    shipped model ('best.pt', 'yolo11m_v2.pt') and AmbiguousModel when it names a family
+    but no scale ('yolov8.pt': Ultralytics would silently pick the first scale)."""
+    name = _normalise(Path(path).name)
+    stem = Path(name).stem
+    if not name.endswith(".pt") or _find_yaml(f"{stem}.yaml") is None \
+            or not _SHIPPED_NAME.fullmatch(stem):
+        raise UnknownModel(f"{Path(path).name} names no architecture")
+    ref = resolve_model(f"{stem}.yaml")
+    scales = ref.config.get("scales")
+    if isinstance(scales, dict) and len(scales) > 1 and ref.config.get("scale") not in scales:
+        raise AmbiguousModel(f"{Path(path).name} names the family {stem} but no scale "
+                             f"({', '.join(scales)})")
+    return ref.name
+
+
+# A shipped model's file name: letters, digits, '-' and '.' only (no '_', spaces, ...).
+_SHIPPED_NAME = re.compile(r"[a-z][a-z0-9.-]*")
+
+
 def model_families() -> list[str]:
     """Detection model families Ultralytics ships, for error messages."""
     other_tasks = r"-(cls|seg|pose|obb|sem|depth|world|worldv2)|rtdetr|yoloe"

@@ -15,7 +15,7 @@ from yolofit.estimator import planner
 from yolofit.estimator.identity import model_task
 from yolofit.estimator.profile import ProfileKey, ProfileMissing, ProfileStore
 from yolofit.estimator.train_args import memory_effects
-from yolofit.operator import pod_rules, pod_spec_checks, ultralytics_args
+from yolofit.operator import pod_rules, pod_spec_checks, ultralytics_args, weights
 from yolofit.operator import policy as pol
 from yolofit.operator.api import GPUCapacityPolicySpec, Plan, YOLOTrainingJobSpec
 from yolofit.operator.feedback import margin_key
@@ -48,7 +48,7 @@ def plan_request(spec: YOLOTrainingJobSpec, policy: GPUCapacityPolicySpec,
     effects = memory_effects(spec.args)
     return planner.PlanRequest(
         mosaic=effects.mosaic, multi_scale=effects.multi_scale,
-        model=spec.model, nc=spec.classes, imgsz=spec.imgsz, nbs=spec.nbs,
+        model=weights.architecture(spec), nc=spec.classes, imgsz=spec.imgsz, nbs=spec.nbs,
         world_size=spec.gpus.nodes * spec.gpus.per_node, amp=spec.amp,
         objects=spec.max_objects_per_image or policy.default_objects_per_image,
         optimizer=spec.optimizer, allow_amp=levers.amp,
@@ -72,8 +72,8 @@ def to_api_plan(p: planner.Plan, spec: YOLOTrainingJobSpec, margin: float) -> Pl
 
 
 def job_task(spec: YOLOTrainingJobSpec) -> str | None:
-    """spec.task, else the model's own task (None: a custom checkpoint whose name says
-    nothing; it trains as what the checkpoint is)."""
+    """spec.task, else the model's own task (None: a model whose name says nothing, e.g. a
+    custom YAML the webhook cannot read)."""
     return spec.task or model_task(spec.model)
 
 
@@ -122,6 +122,7 @@ def static_errors(name: str, namespace: str, spec: YOLOTrainingJobSpec,
     errors = ultralytics_args.validate(spec.args) + pod_spec_checks.errors(spec)
     errors += pod_rules.errors(spec, policy, namespace)
     errors += name_errors(name)
+    errors += weights.errors(spec)
     if (wrong_task := task_error(spec)) is not None:
         errors.append(wrong_task)
     errors += memory_effects(spec.args).refusals

@@ -105,8 +105,17 @@ class Plan(Model):
 class YOLOTrainingJobSpec(Model):
     """What to train and on how many GPUs; admission fills `plan`."""
 
-    model: str = Field(min_length=1, max_length=253, description="Ultralytics model, e.g. "
-                       "yolov8s, yolo11m.yaml or a .pt path inside a mounted volume.")
+    model: str = Field(min_length=1, max_length=253, description="Architecture the plan is "
+                       "made for: an Ultralytics model such as yolov8s or yolo11m-seg, a "
+                       "model YAML, or a checkpoint named like an Ultralytics release "
+                       "(/data/yolo11m.pt: its file name is the architecture, the file the "
+                       "weights). A checkpoint of another name (best.pt) goes in weights.")
+    weights: str | None = Field(None, min_length=1, max_length=1024, description="Checkpoint "
+                                "to start from, an absolute path inside one of volumeMounts "
+                                "(e.g. /data/runs/best.pt); model gives its architecture. "
+                                "Before its first step the trainer reads the checkpoint and "
+                                "stops (exit reason model-differs) if it is bigger than "
+                                "planned.")
     data: str = Field(min_length=1, description="Dataset YAML path inside a mounted volume, "
                       "e.g. /data/coco.yaml (classify: the dataset directory).")
     task: Task | None = Field(None, description="Ultralytics task: detect, segment, pose, "

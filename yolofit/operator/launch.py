@@ -17,6 +17,7 @@ import json
 from collections.abc import Mapping
 from typing import Any
 
+from yolofit.operator import weights
 from yolofit.operator.api import API_VERSION, OutputStorage, Plan, YOLOTrainingJobSpec
 from yolofit.operator.storage import Storage, plan_storage, pod_volumes
 
@@ -83,9 +84,11 @@ def build_service(job: Mapping[str, Any]) -> dict[str, Any]:
 def train_config(name: str, namespace: str, spec: YOLOTrainingJobSpec, plan: Plan,
                  attempt: int, metrics_port: int = METRICS_PORT) -> dict[str, Any]:
     """What reaches `yolofit train` as YOLOFIT_TRAIN_CONFIG (ARCHITECTURE.md contract)."""
-    model = spec.model if spec.model.endswith((".yaml", ".yml", ".pt")) else f"{spec.model}.yaml"
+    arch = weights.architecture(spec)  # a .pt spec.model: its name's architecture
+    model = arch if arch.endswith((".yaml", ".yml", ".pt")) else f"{arch}.yaml"
     return {
-        "model": model, "data": spec.data, "imgsz": plan.imgsz, "epochs": spec.epochs,
+        "model": model, "weights": weights.checkpoint(spec), "classes": spec.classes,
+        "data": spec.data, "imgsz": plan.imgsz, "epochs": spec.epochs,
         "batch_per_gpu": plan.batch_per_gpu, "nbs": spec.nbs, "accumulate": plan.accumulate,
         "amp": plan.amp, "checkpointing": plan.checkpointing, "optimizer": spec.optimizer,
         "args": dict(spec.args), "namespace": namespace, "job": name,

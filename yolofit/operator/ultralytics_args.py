@@ -25,6 +25,7 @@ RESERVED: dict[str, str] = {
     "device": "the launcher (one rank per GPU)", "project": "spec.outputDir",
     "name": "the job name", "mode": "yolofit train", "task": "yolofit train (detect)",
     "resume": "the trainer", "workers": "the trainer (from spec.resources.cpu)",
+    "pretrained": "spec.weights",
 }
 
 

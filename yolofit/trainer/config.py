@@ -30,6 +30,7 @@ PLAN_OWNED_ARGS = frozenset(
         "save_dir",
         "resume",
         "task",
+        "pretrained",
     }
 )
 
@@ -42,6 +43,15 @@ class TrainConfig(BaseModel):
     model: str = Field(
         description="Ultralytics model: a model YAML (e.g. 'yolov8n.yaml', trained "
         "from scratch) or a local .pt checkpoint path. Nothing is downloaded."
+    )
+    weights: str | None = Field(
+        None, description="Checkpoint to start from (spec.weights, or a .pt spec.model): "
+        "checked against the planned architecture before the first step "
+        "(yolofit.trainer.preflight), then loaded as Ultralytics' pretrained= does."
+    )
+    classes: int | None = Field(
+        None, ge=1, description="The class count (nc) the plan assumed (spec.classes); "
+        "checked against the data YAML before the first step. None: not checked."
     )
     data: str = Field(description="Path of the dataset YAML inside the pod (a mounted volume); "
                       "for classify, the dataset directory (train/ and val/ class folders).")

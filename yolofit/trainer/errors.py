@@ -7,6 +7,7 @@ SIGTERM) are reported as one line; anything else also prints its traceback.
 from __future__ import annotations
 
 import sys
+from typing import Any
 
 from yolofit.trainer.summary import ExitReason
 
@@ -32,6 +33,17 @@ class DataDenser(TrainerFailure):
     def __init__(self, message: str, objects_per_image: int) -> None:
         super().__init__(message)
         self.objects_per_image = objects_per_image
+
+
+class ModelDiffers(TrainerFailure):
+    """The checkpoint or the data's classes make a bigger model than the plan's (exit code
+    4): the operator re-plans with `model_found` before any GPU memory is spent."""
+
+    reason = "model-differs"
+
+    def __init__(self, message: str, model_found: dict[str, Any]) -> None:
+        super().__init__(message)
+        self.model_found = model_found
 
 
 class PlanMismatch(TrainerFailure):

@@ -26,14 +26,18 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-ExitReason = Literal["completed", "oom", "error", "data-missing", "data-denser", "terminated"]
+ExitReason = Literal["completed", "oom", "error", "data-missing", "data-denser", "model-differs",
+                     "terminated"]
 
 # data-denser: the dataset holds more objects per image than the plan assumed; the operator
 # re-plans with `objects_per_image` (the measured densest image) before any GPU step.
+# model-differs: the checkpoint (spec.weights) or the data's classes make a bigger model than
+# the plan's; `model_found` names it ({"model": "yolo11l", "nc": 80}) for the re-plan.
 # 143 = 128 + SIGTERM, as a shell reports it: the operator's failure policy restarts the gang
 # for a rank stopped from outside (drain, eviction, preemption) instead of failing the job.
 EXIT_CODES: dict[ExitReason, int] = {"completed": 0, "error": 1, "data-missing": 2,
-                                     "data-denser": 3, "oom": 88, "terminated": 143}
+                                     "data-denser": 3, "model-differs": 4, "oom": 88,
+                                     "terminated": 143}
 MESSAGE_LIMIT = 1024  # chars of the message kept at most (before the byte budget)
 MAX_BYTES = 3900  # the kubelet keeps 4096 bytes of a termination message; leave some slack
 MAX_LOCAL_RANKS = 16  # the most GPUs per pod the API allows (spec.gpus.perNode)
@@ -48,8 +52,8 @@ RANK_FIELDS = (
 )
 # A pod reports the most telling failure of its ranks.
 # (a SIGTERM explains the errors of the ranks whose group it broke)
-_REASON_PRIORITY: tuple[ExitReason, ...] = ("oom", "data-denser", "data-missing", "terminated",
-                                            "error", "completed")
+_REASON_PRIORITY: tuple[ExitReason, ...] = ("oom", "data-denser", "model-differs",
+                                            "data-missing", "terminated", "error", "completed")
 
 
 @dataclass
@@ -71,6 +75,9 @@ class Summary:
     save_dir: str = ""  # this attempt's output directory
     resumed_from: str = ""  # the checkpoint this attempt resumed from ("" = fresh start)
     objects_per_image: int | None = None  # measured densest training image (data-denser)
+    # what the pre-flight found when it differs from the plan: {"model": <architecture>,
+    # "nc": <classes to plan with>} (model-differs when bigger; reported when smaller)
+    model_found: dict[str, Any] | None = None
 
     @property
     def exit_code(self) -> int:
@@ -98,6 +105,7 @@ def pod_fields(summaries: Sequence[Summary]) -> dict[str, Any]:
         epochs_done=max(s.epochs_done for s in ranks),
         objects_per_image=max((s.objects_per_image for s in ranks
                                if s.objects_per_image is not None), default=None),
+        model_found=next((s.model_found for s in ranks if s.model_found is not None), None),
         ranks=[[s.rank, s.peak_allocated_bytes, s.peak_reserved_bytes, s.device_total_bytes,
                 s.steps, s.exit_code] for s in ranks],
     )

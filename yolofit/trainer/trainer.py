@@ -38,10 +38,16 @@ import yaml
 from torch import nn
 from ultralytics.models.yolo.detect import DetectionTrainer
 
-from yolofit.trainer import resume
+from yolofit.trainer import preflight, resume
 from yolofit.trainer.config import TrainConfig, TrainerSettings
 from yolofit.trainer.ddp import Topology, init_process_group
-from yolofit.trainer.errors import DataDenser, DataMissing, PlanMismatch, UnsupportedUltralytics
+from yolofit.trainer.errors import (
+    DataDenser,
+    DataMissing,
+    ModelDiffers,
+    PlanMismatch,
+    UnsupportedUltralytics,
+)
 from yolofit.trainer.exporter import TrainerMetrics
 from yolofit.trainer.memory import MemoryTracker
 from yolofit.trainer.offline import block_downloads, offline_requested
@@ -519,6 +525,7 @@ def train(
         except DataDenser as exc:
             summary.objects_per_image = exc.objects_per_image
             raise
+        overrides.update(_preflight(cfg, overrides["task"], summary))
         trainer = trainer_class(overrides["task"])(run, overrides)
         for event in ("on_train_start", "on_train_epoch_start", "on_train_batch_end",
                       "on_train_epoch_end", "on_fit_epoch_end"):
@@ -534,6 +541,23 @@ def train(
             with contextlib.suppress(Exception):
                 torch.distributed.destroy_process_group()
     return run
+
+
+def _preflight(cfg: TrainConfig, task: str, summary: Summary) -> dict[str, Any]:
+    """The checkpoint and the data's classes against the plan (preflight.py): the model=
+    and pretrained= Ultralytics trains with; ModelDiffers when bigger than planned."""
+    try:
+        result = preflight.check(cfg, task)
+    except ModelDiffers as exc:
+        summary.model_found = exc.model_found
+        raise
+    if result.finding is not None and result.finding.model_found is not None:
+        summary.model_found = result.finding.model_found
+        print(f"yolofit train: {result.finding.message}")
+    out: dict[str, Any] = {"model": model_argument(result.model)}
+    if result.pretrained:
+        out["pretrained"] = result.pretrained
+    return out
 
 
 def _fill(summary: Summary, run: RunState) -> None:
