@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 from opfixtures import make_profiles, summary
 from recording_api import Killed
-from test_op_faults import KEY, NS, Harness, end_pod, live_pods, new_job, run_pods
+from test_op_faults import JOB, KEY, NS, Harness, end_pod, live_pods, new_job, run_pods
 
 from yolofit.operator import feedback, kube, replan
 from yolofit.operator.api import (
@@ -323,10 +323,13 @@ def test_a_figure_the_plan_already_assumed_fails_as_the_trainer_said(tmp_path: P
 def test_model_differs_without_a_profile_traces_it_then_runs(tmp_path: Path) -> None:
     h = DenseHarness(tmp_path)
     running(h)
+    h.api.objects[JOB]["spec"].update(  # fine-tuning from the tenant's own checkpoint
+        weights="/data/runs/best.pt", volumeMounts=[{"name": "data", "mountPath": "/data"}],
+        volumes=[{"name": "data", "persistentVolumeClaim": {"claimName": "data"}}])
     end_pod(h.api, "j-worker-0", 4, differs(0, "yolov8s", 3))
     h.reconcile()
     st = h.status
-    assert st["attempt"] == 1 and st.get("plan") is None
+    assert st["attempt"] == 1 and st.get("plan") is None, st
     assert st["measuredInputs"]["model"] == "yolov8s" and st["measuredInputs"]["classes"] == 3
     assert "tracing yolov8s" in st["message"]
     h.reconcile()
@@ -342,6 +345,11 @@ def test_model_differs_without_a_profile_traces_it_then_runs(tmp_path: Path) -> 
     assert all(p["metadata"]["labels"]["yolofit.io/attempt"] == "1"
                for p in h.api.pods(NS).values())
     assert st.get("replans", []) == [] and h.world.margins == {}
+    # The pods train what the plan is for (the pre-flight then finds the checkpoint equal),
+    # from the job's own checkpoint.
+    config = config_of(h.api.pods(NS)["j-worker-0"])
+    assert (config["model"], config["classes"]) == ("yolov8s.yaml", 3)
+    assert config["weights"] == "/data/runs/best.pt"
 
 
 # --- crash safety: a kill -9 after any request of the re-plan -------------------------------

@@ -340,6 +340,7 @@ class Reconciler(FailureActions, ReplanActions):
             return False  # never a pod without its class's node selector
         selector, tolerations = info.node_selector, info.tolerations
         created = False
+        trains = replan.launch_spec(job.spec, st.measured_inputs)  # what the plan is for
         names = launch.desired_pod_names(name, plan)
         existing = set(existing)
         if any(n not in existing for n in names):  # AlreadyExists is success
@@ -352,7 +353,7 @@ class Reconciler(FailureActions, ReplanActions):
                 continue
             # Gates mode: every pod of a multi-pod gang is gated until gang.check() says
             # the whole gang fits; PodGroup mode: the scheduler holds them (shape()).
-            pod = launch.build_pod(body, job.spec, plan, rank, st.attempt, selector,
+            pod = launch.build_pod(body, trains, plan, rank, st.attempt, selector,
                                    tolerations, self.metrics_port, gated=plan.nodes > 1,
                                    outputs=outputs)
             pod = sharing.apply_pod(pod, plan, info, st.attempt)

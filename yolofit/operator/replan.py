@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from yolofit.estimator.profile import ProfileKey, ProfileStore
-from yolofit.operator import admission
+from yolofit.operator import admission, weights
 from yolofit.operator.api import (
     GPUCapacityPolicySpec,
     MeasuredInputs,
@@ -64,6 +64,17 @@ def planning_spec(spec: YOLOTrainingJobSpec, inputs: MeasuredInputs | None
     if inputs.classes is not None:
         update["classes"] = inputs.classes
     return spec.model_copy(update=update) if update else spec
+
+
+def launch_spec(spec: YOLOTrainingJobSpec, inputs: MeasuredInputs | None
+                ) -> YOLOTrainingJobSpec:
+    """The spec the pods train: the model and classes the plan was made for (measured inputs
+    over the spec), from the user's own checkpoint. Without this the pod's pre-flight would
+    compare the checkpoint with the model admission first assumed and stop again."""
+    eff = planning_spec(spec, inputs)
+    if eff.model == spec.model:
+        return eff
+    return eff.model_copy(update={"weights": weights.checkpoint(spec)})
 
 
 def assumed(spec: YOLOTrainingJobSpec, policy: GPUCapacityPolicySpec, plan: Plan,
