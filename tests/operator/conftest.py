@@ -16,7 +16,9 @@ HERE = Path(__file__).parent
 REPO = HERE.parents[1]
 sys.path.insert(0, str(HERE))
 
-from opfixtures import make_profiles  # noqa: E402
+from opfixtures import make_two_models  # noqa: E402
+
+from yolofit.estimator.profile import ProfileStore  # noqa: E402
 
 
 @pytest.fixture(scope="session")
@@ -37,9 +39,15 @@ def crds(kubectl: Callable[..., Any]) -> None:
 @pytest.fixture(scope="session")
 def profile_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     d = tmp_path_factory.mktemp("profiles")
-    make_profiles(d, "yolov8n", fixed_gib=1.0, per_sample_mib=200)
-    make_profiles(d, "yolov8x", fixed_gib=20.0, per_sample_mib=2048)
+    make_two_models(d)
     return d
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory: pytest.TempPathFactory) -> ProfileStore:
+    """The same two models for the pure tests, in a directory of the module's own (the
+    operator may add what it traces to profile_dir)."""
+    return make_two_models(tmp_path_factory.mktemp("p"))
 
 
 # Module scope: the operator stops (and kopf removes its webhook configurations) when the
