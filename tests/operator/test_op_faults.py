@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import copy
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -289,25 +290,21 @@ def launch_scenario(h: Harness) -> int:
     return 0
 
 
-def oom_scenario(h: Harness) -> int:
-    running_job(h)
-    oom(h)
-    start = len(h.api.requests)
-    h.settle(5)
-    return start
-
-
 def disruption(h: Harness) -> None:
     end_pod(h.api, "j-worker-1", 143)
     h.sync()
 
 
-def restart_scenario(h: Harness) -> int:
-    running_job(h)
-    disruption(h)
-    start = len(h.api.requests)
-    h.settle(5)
-    return start
+def running_then(event: Callable[[Harness], None]) -> Callable[[Harness], int]:
+    """The scenario of an OOM re-plan (event: oom) or a gang restart (event: disruption): the
+    job running, the event, then the passes whose requests count."""
+    def scenario(h: Harness) -> int:
+        running_job(h)
+        event(h)
+        start = len(h.api.requests)
+        h.settle(5)
+        return start
+    return scenario
 
 
 def killed_after(n: int, tmp_path: Path, prepare: Any) -> Harness:
@@ -354,8 +351,8 @@ def test_kill_9_after_each_request_of_a_gang_restart(tmp_path: Path, n: int) -> 
 def test_the_kill_matrices_cover_every_request(tmp_path: Path) -> None:
     """The parametrized ranges above reach past the last request of each scenario."""
     assert requests_of(launch_scenario, tmp_path / "a") < 12
-    assert requests_of(oom_scenario, tmp_path / "b") < 17
-    assert requests_of(restart_scenario, tmp_path / "c") < 17
+    assert requests_of(running_then(oom), tmp_path / "b") < 17
+    assert requests_of(running_then(disruption), tmp_path / "c") < 17
 
 
 # --- pods that cannot be placed, a class that left ------------------------------------------
