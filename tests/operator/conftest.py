@@ -50,11 +50,19 @@ def store(tmp_path_factory: pytest.TempPathFactory) -> ProfileStore:
     return make_two_models(tmp_path_factory.mktemp("p"))
 
 
+@pytest.fixture(scope="module")
+def operator_env() -> dict[str, str]:
+    """Settings of the module's operator on top of the shared ones: a module that needs its
+    operator otherwise (other default limits, another gang mode) overrides this fixture."""
+    return {}
+
+
 # Module scope: the operator stops (and kopf removes its webhook configurations) when the
 # module's tests end, so other test packages on the same sandbox never meet it.
 @pytest.fixture(scope="module")
 def operator(sandbox: Any, crds: None, kubectl: Callable[..., Any], profile_dir: Path,
-             tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+             tmp_path_factory: pytest.TempPathFactory,
+             operator_env: dict[str, str]) -> Iterator[Any]:
     from yolofit.operator.testing import OperatorProcess
 
     kubectl("create", "namespace", "yolofit-system", check=False)
@@ -64,7 +72,7 @@ def operator(sandbox: Any, crds: None, kubectl: Callable[..., Any], profile_dir:
         env={"YOLOFIT_PROFILE_DIR": str(profile_dir),
              "YOLOFIT_OPERATOR_PROFILE_BUILDER": "opfixtures:build_profile",
              "YOLOFIT_OPERATOR_QUEUE_INTERVAL": "0.5",
-             "PYTHONPATH": str(HERE)})
+             "PYTHONPATH": str(HERE), **operator_env})
     op.start()
     try:
         yield op
