@@ -16,7 +16,9 @@ HERE = Path(__file__).parent
 REPO = HERE.parents[1]
 sys.path.insert(0, str(HERE))
 
-from opfixtures import make_profiles  # noqa: E402
+from opfixtures import make_two_models  # noqa: E402
+
+from yolofit.estimator.profile import ProfileStore  # noqa: E402
 
 
 @pytest.fixture(scope="session")
@@ -37,16 +39,30 @@ def crds(kubectl: Callable[..., Any]) -> None:
 @pytest.fixture(scope="session")
 def profile_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     d = tmp_path_factory.mktemp("profiles")
-    make_profiles(d, "yolov8n", fixed_gib=1.0, per_sample_mib=200)
-    make_profiles(d, "yolov8x", fixed_gib=20.0, per_sample_mib=2048)
+    make_two_models(d)
     return d
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory: pytest.TempPathFactory) -> ProfileStore:
+    """The same two models for the pure tests, in a directory of the module's own (the
+    operator may add what it traces to profile_dir)."""
+    return make_two_models(tmp_path_factory.mktemp("p"))
+
+
+@pytest.fixture(scope="module")
+def operator_env() -> dict[str, str]:
+    """Settings of the module's operator on top of the shared ones: a module that needs its
+    operator otherwise (other default limits, another gang mode) overrides this fixture."""
+    return {}
 
 
 # Module scope: the operator stops (and kopf removes its webhook configurations) when the
 # module's tests end, so other test packages on the same sandbox never meet it.
 @pytest.fixture(scope="module")
 def operator(sandbox: Any, crds: None, kubectl: Callable[..., Any], profile_dir: Path,
-             tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+             tmp_path_factory: pytest.TempPathFactory,
+             operator_env: dict[str, str]) -> Iterator[Any]:
     from yolofit.operator.testing import OperatorProcess
 
     kubectl("create", "namespace", "yolofit-system", check=False)
@@ -56,7 +72,7 @@ def operator(sandbox: Any, crds: None, kubectl: Callable[..., Any], profile_dir:
         env={"YOLOFIT_PROFILE_DIR": str(profile_dir),
              "YOLOFIT_OPERATOR_PROFILE_BUILDER": "opfixtures:build_profile",
              "YOLOFIT_OPERATOR_QUEUE_INTERVAL": "0.5",
-             "PYTHONPATH": str(HERE)})
+             "PYTHONPATH": str(HERE), **operator_env})
     op.start()
     try:
         yield op

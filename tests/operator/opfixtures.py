@@ -1,11 +1,16 @@
-"""Hand-made memory profiles for tests (no tracing): linear terms chosen per test."""
+"""Hand-made memory profiles for tests (no tracing): linear terms chosen per test; and the
+short spec and policy builders of the pure tests."""
 
 from __future__ import annotations
 
-from yolofit.estimator.profile import Profile, ProfileKey, Terms
+from pathlib import Path
+from typing import Any
+
+from yolofit.estimator.profile import Profile, ProfileKey, ProfileStore, Terms
+from yolofit.operator.api import GPUCapacityPolicySpec, YOLOTrainingJobSpec
 from yolofit.operator.testing import write_synthetic_profiles as make_profiles
 
-__all__ = ["build_profile", "make_profiles", "summary"]
+__all__ = ["build_profile", "make_profiles", "make_two_models", "pol", "spec", "summary"]
 
 GiB = 2**30
 MiB = 2**20
@@ -37,3 +42,20 @@ def summary(rank: int, peak: int, reason: str = "completed", message: str = "",
                    peak_reserved_bytes=max(peak - 2**28, 0), device_total_bytes=peak,
                    steps=10, images_per_second=12.5, exit_reason=reason,  # type: ignore[arg-type]
                    message=message).to_json()
+
+
+def make_two_models(d: Path) -> ProfileStore:
+    """The operator tests' profiles: yolov8n (1 GiB + 200 MiB a sample) and yolov8x (20 GiB
+    + 2 GiB a sample), in `d`."""
+    make_profiles(d, "yolov8n", fixed_gib=1.0, per_sample_mib=200)
+    make_profiles(d, "yolov8x", fixed_gib=20.0, per_sample_mib=2048)
+    return ProfileStore(d, shipped=None)
+
+
+def spec(**kw: Any) -> YOLOTrainingJobSpec:
+    """A yolov8n job spec on /d.yaml, with `kw` (camelCase or snake_case) on top."""
+    return YOLOTrainingJobSpec.model_validate({"model": "yolov8n", "data": "/d.yaml", **kw})
+
+
+def pol(**kw: Any) -> GPUCapacityPolicySpec:
+    return GPUCapacityPolicySpec.model_validate(kw)

@@ -7,8 +7,7 @@ Each test reproduces one escape of the issue's list and checks it is closed."""
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterator
-from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -16,33 +15,16 @@ import pytest
 from yolofit.sandbox.testing import wait_for
 
 pytestmark = pytest.mark.integration
-HERE = Path(__file__).parent
 TENANT = "tenant@example.com"
 FORGED = {"gpuClass": "h100-80gb", "nodes": 2, "gpusPerNode": 8, "gpus": 1, "batchPerGpu": 64,
           "accumulate": 1, "amp": "bf16", "imgsz": 640}
 
 
 @pytest.fixture(scope="module")
-def operator(sandbox: Any, crds: None, kubectl: Callable[..., Any], profile_dir: Path,
-             tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+def operator_env() -> dict[str, str]:
     """The operator with small default limits, so failing closed is visible on 9 nodes."""
-    from yolofit.operator.testing import OperatorProcess
-
-    kubectl("create", "namespace", "yolofit-system", check=False)
-    op = OperatorProcess(
-        sandbox.kubeconfig, tmp_path_factory.mktemp("operator"),
-        env={"YOLOFIT_PROFILE_DIR": str(profile_dir),
-             "YOLOFIT_OPERATOR_PROFILE_BUILDER": "opfixtures:build_profile",
-             "YOLOFIT_OPERATOR_QUEUE_INTERVAL": "0.5",
-             "YOLOFIT_OPERATOR_DEFAULT_MAX_GPUS_PER_JOB": "4",
-             "YOLOFIT_OPERATOR_DEFAULT_MAX_GPUS_ADMITTED": "8",
-             "PYTHONPATH": str(HERE)})
-    op.start()
-    try:
-        yield op
-    finally:
-        op.stop(kubectl)
-        kubectl("delete", "gpucapacitypolicy", "default", "--ignore-not-found", check=False)
+    return {"YOLOFIT_OPERATOR_DEFAULT_MAX_GPUS_PER_JOB": "4",
+            "YOLOFIT_OPERATOR_DEFAULT_MAX_GPUS_ADMITTED": "8"}
 
 
 @pytest.fixture

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from sandboxjobs import phase_is, running_pods, training_job
 
 from yolofit.sandbox.localrun import log_tail, report_to_pods, start_pods, wait_pods
 from yolofit.sandbox.testing import wait_for
@@ -18,32 +19,15 @@ from yolofit.trainer.synthetic import make_synthetic_dataset
 pytestmark = pytest.mark.integration
 
 
-def _pods(kube: Any, ns: str) -> list[Any] | None:
-    pods = sorted(kube.list_namespaced_pod(ns, label_selector="yolofit.io/job=e2e").items,
-                  key=lambda p: p.metadata.name)
-    return pods if len(pods) == 2 and all(p.status.phase == "Running" for p in pods) else None
-
-
-def _job(kubectl: Any, ns: str) -> dict[str, Any]:
-    return dict(json.loads(kubectl("get", "ytj", "e2e", "-n", ns, "-o", "json").stdout))
-
-
 def test_pods_train_for_real_and_report_into_the_job(operator: Any, kubectl: Any, kube: Any,
                                                        namespace: str, tmp_path: Path) -> None:
-    # nc=80 and imgsz 640: the profiles this module's operator holds (conftest.profile_dir).
     data = make_synthetic_dataset(tmp_path / "data", n_train=8, n_val=4, imgsz=64, nc=80)
-    job = {"apiVersion": "yolofit.io/v1alpha1", "kind": "YOLOTrainingJob",
-           "metadata": {"name": "e2e", "namespace": namespace},
-           "spec": {"model": "yolov8n", "data": str(data), "classes": 80, "imgsz": 640,
-                    "epochs": 1, "nbs": 8, "gpus": {"nodes": 2, "perNode": 1},
-                    "outputDir": str(tmp_path / "runs"),
-                    "args": {"warmup_epochs": 0, "seed": 0, "plots": False}}}
-    applied = json.loads(kubectl("apply", "-o", "json", "-f", "-",
-                                 input=json.dumps(job)).stdout)
+    job = training_job("e2e", namespace, data, tmp_path / "runs", epochs=1)
+    applied = json.loads(kubectl("apply", "-o", "json", "-f", "-", input=job).stdout)
     plan = applied["spec"]["plan"]
     assert plan["batchPerGpu"] * 2 * plan["accumulate"] == 8
 
-    pods = wait_for(lambda: _pods(kube, namespace), 60, what="2 running pods")
+    pods = wait_for(running_pods(kube, namespace, "e2e", 2), 60, what="2 running pods")
     bodies = [kube.api_client.sanitize_for_serialization(p) for p in pods]
     local = start_pods(bodies, tmp_path / "pods",
                        extra_env={"YOLOFIT_DEVICE": "cpu",
@@ -60,8 +44,7 @@ def test_pods_train_for_real_and_report_into_the_job(operator: Any, kubectl: Any
     assert all(r["batch_per_rank"] * r["world_size"] * r["accumulate"] == 8 for r in reports)
 
     report_to_pods(kube, namespace, local)
-    done = wait_for(lambda: (j := _job(kubectl, namespace))["status"].get("phase")
-                    == "Succeeded" and j, 60, what="job Succeeded")
+    done = wait_for(phase_is(kubectl, namespace, "e2e", "Succeeded"), 60, what="job Succeeded")
     measured = done["status"]["measured"]
     assert [r["rank"] for r in measured["ranks"]] == [0, 1]
     assert all(r["memoryKind"] == "host-rss" and r["exitReason"] == "completed"

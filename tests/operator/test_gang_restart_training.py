@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from test_operator_sandbox import get_job, phase_is, pods_of
+from sandboxjobs import get_job, phase_is, pods_of, training_job
 
 from yolofit.sandbox.localrun import LocalPod, log_tail, report_to_pods, start_pods, wait_pods
 from yolofit.sandbox.testing import wait_for
@@ -46,13 +46,8 @@ def test_a_rank_stopped_mid_epoch_restarts_the_gang(operator: Any, kubectl: Any,
                                                     tmp_path: Path) -> None:
     policy([{"namespace": namespace}], failurePolicy={"restartBackoffSeconds": 0})
     data = make_synthetic_dataset(tmp_path / "data", n_train=32, n_val=4, imgsz=64, nc=80)
-    job = {"apiVersion": "yolofit.io/v1alpha1", "kind": "YOLOTrainingJob",
-           "metadata": {"name": "drain", "namespace": namespace},
-           "spec": {"model": "yolov8n", "data": str(data), "classes": 80, "imgsz": 640,
-                    "epochs": 2, "nbs": 8, "gpus": {"nodes": 2, "perNode": 1},
-                    "outputDir": str(tmp_path / "runs"),
-                    "args": {"warmup_epochs": 0, "seed": 0, "plots": False}}}
-    kubectl("apply", "-f", "-", input=json.dumps(job))
+    kubectl("apply", "-f", "-",
+            input=training_job("drain", namespace, data, tmp_path / "runs", epochs=2))
     env = {"YOLOFIT_DEVICE": "cpu"}
 
     first = wait_for(lambda: running(kube, namespace, 0), 60, what="attempt 0 running")

@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 from typing import Any
 
 import pytest
-from opfixtures import make_profiles, summary
+from opfixtures import pol, spec, summary
 
 from yolofit.estimator.profile import ProfileStore
 from yolofit.operator import admission, feedback, launch, policy
@@ -20,22 +19,6 @@ T4 = {"nvidia.com/gpu.product": "Tesla-T4", "nvidia.com/gpu.memory": "15360"}
 A100 = {"nvidia.com/gpu.product": "NVIDIA-A100-SXM4-80GB", "nvidia.com/gpu.memory": "81920"}
 NODES = [FleetNode(f"t4-{i}", T4, 4) for i in range(4)] + [
     FleetNode(f"a100-{i}", A100, 8) for i in range(2)]
-
-
-@pytest.fixture(scope="module")
-def store(tmp_path_factory: pytest.TempPathFactory) -> ProfileStore:
-    d: Path = tmp_path_factory.mktemp("p")
-    make_profiles(d, "yolov8n", fixed_gib=1.0, per_sample_mib=200)
-    make_profiles(d, "yolov8x", fixed_gib=20.0, per_sample_mib=2048)
-    return ProfileStore(d, shipped=None)
-
-
-def spec(**kw: Any) -> YOLOTrainingJobSpec:
-    return YOLOTrainingJobSpec.model_validate({"model": "yolov8n", "data": "/d.yaml", **kw})
-
-
-def pol(**kw: Any) -> GPUCapacityPolicySpec:
-    return GPUCapacityPolicySpec.model_validate(kw)
 
 
 # --- fleet & policy -------------------------------------------------------------------------

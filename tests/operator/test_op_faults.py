@@ -15,119 +15,30 @@ from __future__ import annotations
 
 import asyncio
 import copy
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
-from opfixtures import make_profiles, summary
-from recording_api import Killed, RecordingApi
+from faultharness import (
+    JOB,
+    KEY,
+    NAME,
+    NS,
+    Harness,
+    config_of,
+    end_pod,
+    kill_and_restart,
+    live_pods,
+    new_job,
+    run_pods,
+    running_job,
+)
+from opfixtures import summary
 
 from yolofit.operator import feedback, kube
-from yolofit.operator.api import (
-    FailurePolicy,
-    GPUCapacityPolicySpec,
-    NamespaceRule,
-)
-from yolofit.operator.fleet import FleetNode
-from yolofit.operator.reconcile import Reconciler
-from yolofit.operator.state import World
 
-T4 = {"nvidia.com/gpu.product": "Tesla-T4", "nvidia.com/gpu.memory": "15360"}
-NS, NAME = "ns", "j"
-KEY = (NS, NAME)
-JOB = kube.job_path(NS, NAME)
 GiB = 2**30
-
-
-class Harness:
-    """One operator (World + Reconciler) over a RecordingApi; `restart()` makes a fresh one
-    primed from the apiserver, as a restarted operator is."""
-
-    def __init__(self, store_dir: Path, api: RecordingApi | None = None) -> None:
-        self.store_dir = store_dir
-        self.api = api or RecordingApi()
-        self.events: list[tuple[str, str, str]] = []
-        self.wakes: list[float] = []
-        self.restart()
-
-    def restart(self) -> None:
-        self.world = World(store=make_profiles(self.store_dir))
-        self.world.set_nodes([FleetNode(f"t4-{i}", T4, 4) for i in range(2)])
-        self.world.set_policy(GPUCapacityPolicySpec(
-            namespaces=[NamespaceRule(namespace=NS, max_gpus_admitted=8)],
-            failure_policy=FailurePolicy(restart_backoff_seconds=0)))
-        cm = self.api.objects.get(kube.configmap_path("yolofit-system",
-                                                      "yolofit-learned-margins"))
-        self.world.margins.update(feedback.decode_margins((cm or {}).get("data")))
-        self.r = Reconciler(self.world, self.api,
-                            lambda b, t, reason, m: self.events.append((t, reason, m)),
-                            lambda key: asyncio.sleep(0, None))
-        self.r._wake_later = lambda key, delay: self.wakes.append(delay)  # type: ignore[method-assign]
-        self.sync()
-
-    def sync(self) -> None:
-        """What the watches would deliver: the job and its pods as the apiserver has them."""
-        job = self.api.objects.get(JOB)
-        if job is not None:
-            self.world.jobs[KEY] = copy.deepcopy(job)
-        self.world.pods[KEY] = copy.deepcopy(self.api.pods(NS))
-
-    def reconcile(self) -> BaseException | None:
-        self.sync()
-        try:
-            asyncio.run(self.r.reconcile(KEY))
-            return None
-        except (kube.ApiError, Killed) as exc:
-            return exc
-        finally:
-            self.sync()
-
-    def settle(self, passes: int = 6) -> None:
-        for _ in range(passes):
-            self.reconcile()
-
-    @property
-    def status(self) -> dict[str, Any]:
-        return dict(self.api.objects[JOB].get("status") or {})
-
-    def reasons(self) -> list[str]:
-        return [r for _, r, _ in self.events]
-
-
-def new_job(api: RecordingApi, nodes: int = 2) -> None:
-    api.objects[JOB] = {
-        "apiVersion": "yolofit.io/v1alpha1", "kind": "YOLOTrainingJob",
-        "metadata": {"name": NAME, "namespace": NS, "uid": "job-uid", "generation": 1,
-                     "resourceVersion": "1"},
-        "spec": {"model": "yolov8n", "data": "/d.yaml", "gpus": {"nodes": nodes, "perNode": 1}}}
-
-
-def run_pods(api: RecordingApi) -> None:
-    for pod in api.pods(NS).values():
-        if (pod.get("status") or {}).get("phase") in ("Succeeded", "Failed"):
-            continue
-        pod["status"] = {"phase": "Running", "containerStatuses": [
-            {"name": "trainer", "state": {"running": {"startedAt": "2026-12-01T10:00:01Z"}}}]}
-
-
-def end_pod(api: RecordingApi, name: str, code: int, message: str = "",
-            conditions: list[dict[str, Any]] | None = None) -> None:
-    pod = api.pods(NS)[name]
-    pod["status"] = {"phase": "Failed" if code else "Succeeded",
-                     "conditions": conditions or [],
-                     "containerStatuses": [{"name": "trainer", "state": {"terminated": {
-                         "exitCode": code, "reason": "Error", "message": message}}}]}
-
-
-def live_pods(api: RecordingApi) -> dict[str, dict[str, Any]]:
-    return {n: p for n, p in api.pods(NS).items()
-            if (p.get("status") or {}).get("phase") not in ("Succeeded", "Failed")}
-
-
-def batch_of(pod: dict[str, Any]) -> int:
-    import json
-    env = {e["name"]: e.get("value") for e in pod["spec"]["containers"][0]["env"]}
-    return int(json.loads(env["YOLOFIT_TRAIN_CONFIG"])["batch_per_gpu"])
 
 
 # --- launch: every call site x every fault --------------------------------------------------
@@ -141,6 +52,16 @@ SITES = {
 }
 PERMANENT = {422: "Invalid", 403: "Forbidden", 400: "BadRequest"}
 TRANSIENT = [429, 500, 503, 0]  # 0: timeout (no answer)
+
+
+def settled_with(tmp_path: Path, site: str, code: int, times: int = 1) -> Harness:
+    """A new job after four passes, its request at `site` failing with `code` (`times` times,
+    -1 = always)."""
+    h = Harness(tmp_path)
+    new_job(h.api)
+    h.api.fail(*SITES[site], code, times=times)
+    h.settle(4)
+    return h
 
 
 def launched(h: Harness) -> None:
@@ -186,12 +107,8 @@ def test_permanent_error_fails_the_job_visibly_and_releases_everything(
 @pytest.mark.parametrize("site", [s for s in SITES if s not in ("status write",
                                                                  "spec.plan mirror")])
 def test_404_on_create_fails_but_404_on_a_patch_is_retried(tmp_path: Path, site: str) -> None:
-    h = Harness(tmp_path)
-    new_job(h.api)
-    method, path = SITES[site]
-    h.api.fail(method, path, 404)
-    h.settle(4)
-    if method == "POST":  # the namespace is gone (or going): nothing will ever be created
+    h = settled_with(tmp_path, site, 404)
+    if SITES[site][0] == "POST":  # the namespace is gone (or going): nothing will ever be created
         assert h.status["phase"] == "Failed" and h.world.reserved == {}
         assert live_pods(h.api) == {}
     else:  # the object vanished under us: the next pass sees that and carries on
@@ -222,19 +139,12 @@ def test_transient_error_backs_off_and_the_next_pass_carries_on(
 
 @pytest.mark.parametrize("site", ["spec.plan mirror", "status write"])
 def test_409_on_a_patch_is_retried(tmp_path: Path, site: str) -> None:
-    h = Harness(tmp_path)
-    new_job(h.api)
-    h.api.fail(*SITES[site], 409)
-    h.settle(4)
-    launched(h)
+    launched(settled_with(tmp_path, site, 409))
 
 
 @pytest.mark.parametrize("site", ["Service create", "pod create"])
 def test_409_on_create_is_already_exists(tmp_path: Path, site: str) -> None:
-    h = Harness(tmp_path)
-    new_job(h.api)
-    h.api.fail(*SITES[site], 409)
-    h.settle(4)
+    h = settled_with(tmp_path, site, 409)
     assert h.status["phase"] == "Admitted" and h.status["admitted"]
 
 
@@ -260,23 +170,10 @@ def test_the_retry_backoff_grows_and_resets(tmp_path: Path) -> None:
 def test_the_spec_plan_mirror_is_best_effort(tmp_path: Path, code: int) -> None:
     """spec.plan only mirrors status.plan for kubectl's columns: refused, it is logged and
     the job runs on."""
-    h = Harness(tmp_path)
-    new_job(h.api)
-    h.api.fail(*SITES["spec.plan mirror"], code, times=-1)
-    h.settle(4)
-    launched(h)
+    launched(settled_with(tmp_path, "spec.plan mirror", code, times=-1))
 
 
 # --- the OOM and restart paths -------------------------------------------------------------
-
-def running_job(h: Harness) -> None:
-    new_job(h.api)
-    h.settle(3)
-    run_pods(h.api)
-    h.sync()
-    h.reconcile()
-    assert h.status["phase"] == "Running"
-
 
 def oom(h: Harness) -> None:
     end_pod(h.api, "j-worker-1", 88, summary(1, 15 * GiB, "oom", "CUDA out of memory"))
@@ -300,7 +197,7 @@ def replanned_once(h: Harness, first_batch: int, margins_saved: bool = True) -> 
     assert sorted(pods) == ["j-worker-0", "j-worker-1"]
     for p in pods.values():  # never the old plan again
         assert p["metadata"]["labels"]["yolofit.io/attempt"] == "1"
-        assert batch_of(p) == new_batch
+        assert config_of(p)["batch_per_gpu"] == new_batch
     margins = h.world.margins["ns|yolov8n|t4"]
     assert margins["observations"] == 1 and margins["seen"] == ["job-uid/0"]
     if margins_saved:
@@ -393,38 +290,27 @@ def launch_scenario(h: Harness) -> int:
     return 0
 
 
-def oom_scenario(h: Harness) -> int:
-    running_job(h)
-    oom(h)
-    start = len(h.api.requests)
-    h.settle(5)
-    return start
-
-
 def disruption(h: Harness) -> None:
     end_pod(h.api, "j-worker-1", 143)
     h.sync()
 
 
-def restart_scenario(h: Harness) -> int:
-    running_job(h)
-    disruption(h)
-    start = len(h.api.requests)
-    h.settle(5)
-    return start
+def running_then(event: Callable[[Harness], None]) -> Callable[[Harness], int]:
+    """The scenario of an OOM re-plan (event: oom) or a gang restart (event: disruption): the
+    job running, the event, then the passes whose requests count."""
+    def scenario(h: Harness) -> int:
+        running_job(h)
+        event(h)
+        start = len(h.api.requests)
+        h.settle(5)
+        return start
+    return scenario
 
 
 def killed_after(n: int, tmp_path: Path, prepare: Any) -> Harness:
     h = Harness(tmp_path)
     prepare(h)
-    h.api.kill_after(len(h.api.requests) + n)
-    for _ in range(6):
-        if isinstance(h.reconcile(), Killed):
-            break
-    h.api.restarted()
-    h.restart()  # a fresh operator: World primed from the apiserver, margins from the CM
-    h.settle(6)
-    return h
+    return kill_and_restart(h, len(h.api.requests) + n)
 
 
 @pytest.mark.parametrize("n", range(1, 12))
@@ -465,8 +351,8 @@ def test_kill_9_after_each_request_of_a_gang_restart(tmp_path: Path, n: int) -> 
 def test_the_kill_matrices_cover_every_request(tmp_path: Path) -> None:
     """The parametrized ranges above reach past the last request of each scenario."""
     assert requests_of(launch_scenario, tmp_path / "a") < 12
-    assert requests_of(oom_scenario, tmp_path / "b") < 17
-    assert requests_of(restart_scenario, tmp_path / "c") < 17
+    assert requests_of(running_then(oom), tmp_path / "b") < 17
+    assert requests_of(running_then(disruption), tmp_path / "c") < 17
 
 
 # --- pods that cannot be placed, a class that left ------------------------------------------

@@ -11,16 +11,18 @@ import json
 import ssl
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, HTTPServer
 from pathlib import Path
 from typing import Any
 
 import pytest
 from opfixtures import summary
-from test_operator_sandbox import (
+from sandboxjobs import (
     apply,
+    bound,
     finish_all,
+    gang_waits,
     get_job,
     job_yaml,
     phase_is,
@@ -31,20 +33,6 @@ from test_operator_sandbox import (
 from yolofit.sandbox.testing import finish_pod, wait_for
 
 pytestmark = pytest.mark.integration
-
-
-def bound(kube: Any, ns: str, job: str) -> list[str]:
-    return [p.metadata.name for p in pods_of(kube, ns, job) if p.spec.node_name]
-
-
-def gang_waits(kubectl: Any, kube: Any, ns: str, job: str, nodes: int) -> Callable[[], Any]:
-    """The job is Queued with all its pods created and none of them bound."""
-    def check() -> Any:
-        j = get_job(kubectl, ns, job)
-        pods = pods_of(kube, ns, job)
-        ok = (j.get("status") or {}).get("phase") == "Queued" and len(pods) == nodes
-        return j if ok and not bound(kube, ns, job) else None
-    return check
 
 
 def test_the_gang_scheduler_is_what_holds_gangs(kubectl: Any) -> None:

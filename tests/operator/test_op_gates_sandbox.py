@@ -7,41 +7,33 @@ deadlock."""
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
-from test_op_gang_sandbox import bound, gang_waits
-from test_operator_sandbox import apply, finish_all, job_yaml, phase_is, pods_of, running_pods
+from sandboxjobs import (
+    apply,
+    bound,
+    finish_all,
+    gang_waits,
+    job_yaml,
+    phase_is,
+    pods_of,
+    running_pods,
+)
 
 from yolofit.sandbox.testing import wait_for
 
 pytestmark = pytest.mark.integration
-HERE = Path(__file__).parent
 
 
 @pytest.fixture(scope="module")
-def gates_operator(sandbox: Any, crds: None, kubectl: Any, profile_dir: Path,
-                   tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
-    from yolofit.operator.testing import OperatorProcess
-
-    kubectl("create", "namespace", "yolofit-system", check=False)
-    op = OperatorProcess(sandbox.kubeconfig, tmp_path_factory.mktemp("gates-operator"),
-                         env={"YOLOFIT_PROFILE_DIR": str(profile_dir),
-                              "YOLOFIT_OPERATOR_QUEUE_INTERVAL": "0.5",
-                              "YOLOFIT_OPERATOR_GANG_SCHEDULING": "gates",
-                              "PYTHONPATH": str(HERE)})
-    op.start()
-    try:
-        yield op
-    finally:
-        op.stop(kubectl)
+def operator_env() -> dict[str, str]:
+    return {"YOLOFIT_OPERATOR_GANG_SCHEDULING": "gates"}
 
 
 def test_gates_hold_the_second_gang_whole_until_the_first_ends(
-        gates_operator: Any, kubectl: Any, kube: Any, namespace: str) -> None:
-    assert "scheduling gates + placement check" in gates_operator.log_path.read_text()
+        operator: Any, kubectl: Any, kube: Any, namespace: str) -> None:
+    assert "scheduling gates + placement check" in operator.log_path.read_text()
     for name in ("first", "second"):
         apply(kubectl, job_yaml(name, namespace, nodes=2, per_node=8, gpuClass="h100-80gb"))
         time.sleep(1)  # first is older: its gang is checked and released first

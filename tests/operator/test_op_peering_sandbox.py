@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from test_operator_sandbox import finish_all, get_job, job_yaml, pods_of
+from sandboxjobs import finish_all, get_job, job_yaml, pods_of
 
 from yolofit.sandbox.testing import wait_for
 

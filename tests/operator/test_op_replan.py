@@ -2,7 +2,7 @@
 plan assumed (`data-denser`, exit 3, `objects_per_image`) or a bigger checkpoint
 (`model-differs`, exit 4, `model_found`). Parsing from the trainer's own encoder and from
 synthetic dicts; the pure decision; the reconciler against a recording apiserver
-(test_op_faults.Harness): re-planned once, no margin learned, no OOM or restart spent, and
+(faultharness.py): re-planned once, no margin learned, no OOM or restart spent, and
 failed with the figure when nothing fits."""
 
 from __future__ import annotations
@@ -13,9 +13,20 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from faultharness import (
+    JOB,
+    KEY,
+    NS,
+    T4,
+    Harness,
+    config_of,
+    end_pod,
+    kill_and_restart,
+    live_pods,
+    run_pods,
+    running_job,
+)
 from opfixtures import make_profiles, summary
-from recording_api import Killed
-from test_op_faults import JOB, KEY, NS, Harness, end_pod, live_pods, new_job, run_pods
 
 from yolofit.operator import feedback, kube, replan
 from yolofit.operator.api import (
@@ -30,7 +41,6 @@ from yolofit.operator.state import World
 from yolofit.trainer.summary import Summary
 
 GiB, MiB = 2**30, 2**20
-T4 = {"nvidia.com/gpu.product": "Tesla-T4", "nvidia.com/gpu.memory": "15360"}
 MARGINS_CM = kube.configmap_path("yolofit-system", "yolofit-learned-margins")
 
 
@@ -223,24 +233,19 @@ class DenseHarness(Harness):
         self.world.store = make_profiles(self.store_dir / "dense", per_object_bytes=MiB)
 
 
-def config_of(pod: dict[str, Any]) -> dict[str, Any]:
-    env = {e["name"]: e.get("value") for e in pod["spec"]["containers"][0]["env"]}
-    return dict(json.loads(env["YOLOFIT_TRAIN_CONFIG"]))
-
-
-def running(h: Harness) -> dict[str, Any]:
-    new_job(h.api)
-    h.settle(3)
-    run_pods(h.api)
-    h.sync()
+def reported(tmp_path: Path, pod: str, code: int, message: str) -> Harness:
+    """A running job (DenseHarness) after one pass that saw `pod` end with `code` and the
+    summary `message`."""
+    h = DenseHarness(tmp_path)
+    running_job(h)
+    end_pod(h.api, pod, code, message)
     h.reconcile()
-    assert h.status["phase"] == "Running"
-    return dict(h.status["plan"])
+    return h
 
 
 def test_data_denser_replans_once_without_learning_or_spending_budgets(tmp_path: Path) -> None:
     h = DenseHarness(tmp_path)
-    before = running(h)
+    before = running_job(h)
     assert before["objectsPerImage"] == 100 and before["batchPerGpu"] == 17
     end_pod(h.api, "j-worker-1", 3, denser(1, 412))
     h.reconcile()
@@ -276,7 +281,7 @@ def test_an_oom_after_a_data_replan_keeps_the_density_and_its_own_budget(
         tmp_path: Path) -> None:
     h = DenseHarness(tmp_path)
     h.world.set_policy(h.world.policy.model_copy(update={"max_replans": 1}))
-    running(h)
+    running_job(h)
     end_pod(h.api, "j-worker-0", 3, denser(0, 412))
     h.settle(3)
     run_pods(h.api)
@@ -292,10 +297,7 @@ def test_an_oom_after_a_data_replan_keeps_the_density_and_its_own_budget(
 
 
 def test_nothing_fits_the_measured_density_fails_and_frees_everything(tmp_path: Path) -> None:
-    h = DenseHarness(tmp_path)
-    running(h)
-    end_pod(h.api, "j-worker-1", 3, denser(1, 5000))
-    h.reconcile()
+    h = reported(tmp_path, "j-worker-1", 3, denser(1, 5000))
     st = h.status
     assert st["phase"] == "Failed" and st["attempt"] == 0 and st.get("replans", []) == []
     assert "5000 objects/image measured, plan assumed 100" in st["message"]
@@ -310,10 +312,7 @@ def test_nothing_fits_the_measured_density_fails_and_frees_everything(tmp_path: 
 
 def test_a_figure_the_plan_already_assumed_fails_as_the_trainer_said(tmp_path: Path) -> None:
     """No loop: a report that says nothing new is not re-planned again."""
-    h = DenseHarness(tmp_path)
-    running(h)
-    end_pod(h.api, "j-worker-0", 3, denser(0, 100))
-    h.reconcile()
+    h = reported(tmp_path, "j-worker-0", 3, denser(0, 100))
     st = h.status
     assert st["phase"] == "Failed" and st.get("replans", []) == []
     assert next(c for c in st["conditions"] if c["type"] == "Failed")["reason"] == "DataDenser"
@@ -322,7 +321,7 @@ def test_a_figure_the_plan_already_assumed_fails_as_the_trainer_said(tmp_path: P
 
 def test_model_differs_without_a_profile_traces_it_then_runs(tmp_path: Path) -> None:
     h = DenseHarness(tmp_path)
-    running(h)
+    running_job(h)
     h.api.objects[JOB]["spec"].update(  # fine-tuning from the tenant's own checkpoint
         weights="/data/runs/best.pt", volumeMounts=[{"name": "data", "mountPath": "/data"}],
         volumes=[{"name": "data", "persistentVolumeClaim": {"claimName": "data"}}])
@@ -355,7 +354,7 @@ def test_model_differs_without_a_profile_traces_it_then_runs(tmp_path: Path) -> 
 # --- crash safety: a kill -9 after any request of the re-plan -------------------------------
 
 def denser_scenario(h: Harness) -> int:
-    running(h)
+    running_job(h)
     end_pod(h.api, "j-worker-1", 3, denser(1, 412))
     return len(h.api.requests)
 
@@ -372,14 +371,7 @@ def test_kill_9_after_each_request_of_the_replan(tmp_path: Path, n: int) -> None
     """Written before the old pods go: a restarted operator finds the new attempt, deletes
     the old pods as stale and launches the new plan - never the old one, never twice."""
     h = DenseHarness(tmp_path)
-    h.api.kill_after(denser_scenario(h) + n)
-    for _ in range(6):
-        if isinstance(h.reconcile(), Killed):
-            break
-    h.api.restarted()
-    h.restart()
-    h.settle(6)
-    st = h.status
+    st = kill_and_restart(h, denser_scenario(h) + n).status
     assert st["attempt"] == 1 and [r["cause"] for r in st["replans"]] == ["DataDenser"], st
     assert st["measuredInputs"]["objectsPerImage"] == 412
     pods = h.api.pods(NS)

@@ -13,15 +13,7 @@ from typing import Any
 
 import pytest
 from opfixtures import FAILING_NC, summary
-from test_operator_sandbox import (
-    apply,
-    finish_all,
-    get_job,
-    job_yaml,
-    phase_is,
-    pods_of,
-    running_pods,
-)
+from sandboxjobs import apply, finish_all, get_job, job_yaml, phase_is, pods_of, running_pods
 
 from yolofit.operator.kube import Failpoint
 from yolofit.sandbox.testing import finish_pod, wait_for

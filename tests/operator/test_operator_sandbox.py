@@ -5,60 +5,16 @@ kwok nodes standing in for GPU nodes, pods finished through the sandbox's kwok s
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
 from typing import Any
 
 import pytest
 from opfixtures import summary
+from sandboxjobs import apply, finish_all, get_job, job_yaml, phase_is, pods_of, running_pods
 
 from yolofit.sandbox.testing import finish_pod, wait_for
 
 pytestmark = pytest.mark.integration
 GiB = 2**30
-
-
-def job_yaml(name: str, namespace: str, model: str = "yolov8n", nodes: int = 2,
-             per_node: int = 4, **spec: Any) -> str:
-    body = {"apiVersion": "yolofit.io/v1alpha1", "kind": "YOLOTrainingJob",
-            "metadata": {"name": name, "namespace": namespace},
-            "spec": {"model": model, "data": "/data/coco8.yaml",
-                     "gpus": {"nodes": nodes, "perNode": per_node}, **spec}}
-    return json.dumps(body)
-
-
-def apply(kubectl: Callable[..., Any], text: str, check: bool = True) -> Any:
-    result = kubectl("apply", "-o", "json", "-f", "-", input=text, check=check)
-    return json.loads(result.stdout) if result.returncode == 0 else result
-
-
-def get_job(kubectl: Callable[..., Any], ns: str, name: str) -> dict[str, Any]:
-    return json.loads(kubectl("get", "ytj", "-n", ns, name, "-o", "json").stdout)
-
-
-def phase_is(kubectl: Callable[..., Any], ns: str, name: str, phase: str) -> Callable[[], Any]:
-    def check() -> Any:
-        job = get_job(kubectl, ns, name)
-        return job if (job.get("status") or {}).get("phase") == phase else None
-    return check
-
-
-def pods_of(kube: Any, ns: str, job: str) -> list[Any]:
-    return sorted(kube.list_namespaced_pod(ns, label_selector=f"yolofit.io/job={job}").items,
-                  key=lambda p: p.metadata.name)
-
-
-def running_pods(kube: Any, ns: str, job: str, n: int) -> Callable[[], Any]:
-    def check() -> Any:
-        pods = pods_of(kube, ns, job)
-        live = [p for p in pods if p.metadata.deletion_timestamp is None]
-        return live if len(live) == n and all(
-            p.status.phase == "Running" for p in live) else None
-    return check
-
-
-def finish_all(kube: Any, ns: str, job: str, peak: int = 3 * GiB) -> None:
-    for i, pod in enumerate(pods_of(kube, ns, job)):
-        finish_pod(kube, ns, pod.metadata.name, 0, message=summary(i, peak + i))
 
 
 def test_apply_returns_plan_pods_run_and_job_succeeds(operator: Any, kubectl: Any, kube: Any,

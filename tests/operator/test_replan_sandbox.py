@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 from opfixtures import make_profiles
-from test_operator_sandbox import apply, finish_all, get_job, job_yaml, phase_is, pods_of
+from sandboxjobs import apply, finish_all, get_job, job_yaml, phase_is, pods_of
 
 from yolofit.sandbox.testing import finish_pod, wait_for
 from yolofit.trainer.summary import Summary

@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 from opfixtures import summary
-from test_operator_sandbox import apply, get_job, job_yaml, phase_is, pods_of, running_pods
+from sandboxjobs import apply, get_job, job_yaml, phase_is, pods_of, running_pods
 
 from yolofit.sandbox.testing import finish_pod, wait_for
 

@@ -295,6 +295,15 @@ def _reconciler(world: World, api: RecordingKube, events: list[tuple[str, str]])
     return r
 
 
+def _launched(world: World, api: RecordingKube, events: list[tuple[str, str]],
+              job: dict[str, Any]) -> Reconciler:
+    """The job in the world and a first pass of a reconciler over `api`: its pods made."""
+    world.jobs[("ns", "j")] = job
+    r = _reconciler(world, api, events)
+    asyncio.run(r.reconcile(("ns", "j")))
+    return r
+
+
 def _terminate(world: World, api: RecordingKube, codes: dict[int, tuple[int, str]]) -> None:
     for rank, (code, message) in codes.items():
         path = kube.pods_path("ns", f"j-worker-{rank}")
@@ -307,11 +316,8 @@ def _terminate(world: World, api: RecordingKube, codes: dict[int, tuple[int, str
 
 def test_an_oom_is_learned_once_across_an_operator_crash(tmp_path: Path) -> None:
     api, events = RecordingKube(), []
-    world = _world(tmp_path)
-    job = _job()
-    world.jobs[("ns", "j")] = job
-    r = _reconciler(world, api, events)
-    asyncio.run(r.reconcile(("ns", "j")))
+    world, job = _world(tmp_path), _job()
+    r = _launched(world, api, events, job)
     plan = job["status"]["plan"]
     oom = summary(1, 14 * GiB, "oom", "CUDA out of memory")
     _terminate(world, api, {0: (1, summary(0, 9 * GiB, "error")), 1: (88, oom)})
@@ -339,11 +345,8 @@ def test_an_oom_is_learned_once_across_an_operator_crash(tmp_path: Path) -> None
 
 def test_forged_and_non_finite_summaries_are_dropped_with_an_event(tmp_path: Path) -> None:
     api, events = RecordingKube(), []
-    world = _world(tmp_path)
-    job = _job()
-    world.jobs[("ns", "j")] = job
-    r = _reconciler(world, api, events)
-    asyncio.run(r.reconcile(("ns", "j")))
+    world, job = _world(tmp_path), _job()
+    r = _launched(world, api, events, job)
     _terminate(world, api, {0: (0, '{"rank":0,"device_total_bytes":1e999}'),
                             1: (0, summary(1, 10**30))})
     # An impostor with the job's labels (another controller) that "ran out of memory".
@@ -374,8 +377,7 @@ def test_the_outputs_claim_is_made_and_mounted(tmp_path: Path) -> None:
     world = _world(tmp_path)
     world.set_policy(world.policy.model_copy(update={"outputs": OutputStorage(size="5Gi")}))
     job = _job("0123abcd-1111")
-    world.jobs[("ns", "j")] = job
-    asyncio.run(_reconciler(world, api, events).reconcile(("ns", "j")))
+    _launched(world, api, events, job)
     posts = [p for m, p, _ in api.requests if m == "POST"]
     claim = "/api/v1/namespaces/ns/persistentvolumeclaims"
     assert posts.index(claim) < posts.index(kube.pods_path("ns"))  # claim before pods
@@ -393,10 +395,8 @@ def test_the_outputs_claim_is_made_and_mounted(tmp_path: Path) -> None:
 
 def test_without_storage_the_job_warns_that_results_are_ephemeral(tmp_path: Path) -> None:
     api, events = RecordingKube(), []
-    world = _world(tmp_path)
-    job = _job()
-    world.jobs[("ns", "j")] = job
-    asyncio.run(_reconciler(world, api, events).reconcile(("ns", "j")))
+    world, job = _world(tmp_path), _job()
+    _launched(world, api, events, job)
     pod0 = api.objects[kube.pods_path("ns", "j-worker-0")]
     assert {"name": "yolofit-outputs", "emptyDir": {}} in pod0["spec"]["volumes"]
     cond = {c["type"]: c for c in job["status"]["conditions"]}["ResultsPersistent"]
@@ -412,11 +412,8 @@ def test_a_success_measured_on_the_gpu_lets_the_margin_decay_once(tmp_path: Path
     api.objects[CM] = {"metadata": {"name": "yolofit-learned-margins", "resourceVersion": "7"},
                        "data": feedback.encode_margins({key: {
                            "margin": 0.3, "observations": 2, "seen": ["old/0", "old/1"]}})}
-    world = _world(tmp_path, api)
-    job = _job()
-    world.jobs[("ns", "j")] = job
-    r = _reconciler(world, api, events)
-    asyncio.run(r.reconcile(("ns", "j")))
+    world, job = _world(tmp_path, api), _job()
+    r = _launched(world, api, events, job)
     estimate = job["status"]["plan"]["predictedDeviceBytes"]
     _terminate(world, api, {i: (0, summary(i, int(estimate * 1.02))) for i in (0, 1)})
     asyncio.run(r.reconcile(("ns", "j")))

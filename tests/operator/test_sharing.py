@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from opfixtures import make_profiles
+from opfixtures import make_profiles, pol, spec
 
 from yolofit.estimator.gpu import get_gpu_class
 from yolofit.estimator.profile import ProfileStore
@@ -33,22 +33,6 @@ SINGLE = {"nvidia.com/gpu.product": "NVIDIA-A100-SXM4-40GB-MIG-1g.5gb",
           "nvidia.com/mig.strategy": "single", "nvidia.com/gpu.family": "ampere"}
 NODES = [FleetNode("t4-0", T4, 4), FleetNode("a100-0", WHOLE_A100, 8),
          FleetNode("mixed-0", MIXED, 8), FleetNode("single-0", SINGLE, 56)]
-
-
-@pytest.fixture(scope="module")
-def store(tmp_path_factory: pytest.TempPathFactory) -> ProfileStore:
-    d: Path = tmp_path_factory.mktemp("p")
-    make_profiles(d, "yolov8n", fixed_gib=1.0, per_sample_mib=200)
-    make_profiles(d, "yolov8x", fixed_gib=20.0, per_sample_mib=2048)
-    return ProfileStore(d, shipped=None)
-
-
-def spec(**kw: Any) -> YOLOTrainingJobSpec:
-    return YOLOTrainingJobSpec.model_validate({"model": "yolov8n", "data": "/d.yaml", **kw})
-
-
-def pol(**kw: Any) -> GPUCapacityPolicySpec:
-    return GPUCapacityPolicySpec.model_validate(kw)
 
 
 def decide(store: ProfileStore, s: YOLOTrainingJobSpec, p: GPUCapacityPolicySpec | None = None,

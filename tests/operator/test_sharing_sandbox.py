@@ -9,7 +9,7 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
-from test_operator_sandbox import apply, get_job, job_yaml, pods_of, running_pods
+from sandboxjobs import apply, get_job, job_yaml, pods_of, running_pods
 
 from yolofit.operator import launch
 from yolofit.operator.api import GPUCapacityPolicySpec, YOLOTrainingJobSpec

@@ -19,35 +19,20 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable
 from typing import Any
 
 from yolofit.operator import failure_policy, kube
 from yolofit.operator.api import Plan, Restart, YOLOTrainingJobStatus
 from yolofit.operator.kueue import queue_name
-from yolofit.operator.state import Key, World
+from yolofit.operator.reconciler_parts import ReconcilerParts
+from yolofit.operator.state import Key
 from yolofit.operator.status import set_condition
 
 log = logging.getLogger("yolofit.operator")
 API_BACKOFF_BASE, API_BACKOFF_CAP = 1.0, 60.0
 
 
-class FailureActions:
-    world: World
-    api: kube.Kube
-    event: Callable[[dict[str, Any], str, str, str], None]
-
-    async def reconcile(self, key: Key) -> None:  # provided by Reconciler
-        raise NotImplementedError
-
-    async def _write_status(self, key: Key, body: dict[str, Any],
-                            st: YOLOTrainingJobStatus) -> None:  # provided by Reconciler
-        raise NotImplementedError
-
-    def _fail(self, body: dict[str, Any], st: YOLOTrainingJobStatus, reason: str, msg: str,
-              gen: int, t: str) -> None:  # provided by Reconciler
-        raise NotImplementedError
-
+class FailureActions(ReconcilerParts):
     # --- the failure policy -------------------------------------------------------------
 
     async def _gang_policy(self, key: Key, body: dict[str, Any], plan: Plan,

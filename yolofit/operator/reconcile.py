@@ -39,13 +39,13 @@ from yolofit.operator.failure_actions import FailureActions
 from yolofit.operator.gang_shell import GangShell
 from yolofit.operator.kube import Kube
 from yolofit.operator.kueue import KueueHook, queue_name
+from yolofit.operator.reconciler_parts import EventFn
 from yolofit.operator.replan_actions import ReplanActions
 from yolofit.operator.sharing import apply as sharing
 from yolofit.operator.state import Key, World
 from yolofit.operator.status import PodsOutcome, PodView, pod_view, set_condition, summarize
 
 log = logging.getLogger("yolofit.operator")
-EventFn = Callable[[dict[str, Any], str, str, str], None]  # body, type, reason, message
 
 
 def now() -> str:

@@ -13,28 +13,18 @@ pods as for any failure.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 from yolofit.operator import replan
 from yolofit.operator.api import Plan, Replan, YOLOTrainingJob, YOLOTrainingJobStatus
 from yolofit.operator.feedback import PodReport
-from yolofit.operator.state import Key, World
+from yolofit.operator.reconciler_parts import ReconcilerParts
+from yolofit.operator.state import Key
 from yolofit.operator.status import set_condition
 
 
-class ReplanActions:
-    world: World
-    event: Callable[[dict[str, Any], str, str, str], None]
-
-    async def _write_status(self, key: Key, body: dict[str, Any],
-                            st: YOLOTrainingJobStatus) -> None:  # provided by Reconciler
-        raise NotImplementedError
-
-    def _fail(self, body: dict[str, Any], st: YOLOTrainingJobStatus, reason: str, msg: str,
-              gen: int, t: str) -> None:  # provided by Reconciler
-        raise NotImplementedError
-
+class ReplanActions(ReconcilerParts):
     async def _delete_pods(self, key: Key, names: list[str],
                            pods: dict[str, dict[str, Any]] | None = None
                            ) -> None:  # provided by FailureActions

@@ -19,6 +19,9 @@ import sys
 from pathlib import Path
 from typing import Any
 
+sys.path.insert(0, str(Path(__file__).parents[1]))  # charts/yolofit: generated.py
+from generated import write_or_check  # noqa: E402
+
 OUTPUT = Path(__file__).with_name("yolofit.json")
 UID = "yolofit-overview"
 DATASOURCE = {"type": "prometheus", "uid": "${datasource}"}
@@ -271,15 +274,7 @@ def render() -> str:
 
 
 def main(argv: list[str]) -> int:
-    text = render()
-    if "--check" in argv:
-        if not OUTPUT.exists() or OUTPUT.read_text() != text:
-            print(f"{OUTPUT} is stale: run python {Path(__file__).name}", file=sys.stderr)
-            return 1
-        return 0
-    OUTPUT.write_text(text)
-    print(f"wrote {OUTPUT}")
-    return 0
+    return write_or_check(OUTPUT, render(), argv, Path(__file__).name)
 
 
 if __name__ == "__main__":

@@ -18,6 +18,9 @@ from typing import Any
 
 import yaml
 
+sys.path.insert(0, str(Path(__file__).parents[1]))  # charts/yolofit: generated.py
+from generated import write_or_check  # noqa: E402
+
 OUTPUT = Path(__file__).with_name("rules.yaml")
 CHART_OWNED = {"mutatingwebhookconfigurations", "validatingwebhookconfigurations",
                "validatingadmissionpolicies", "validatingadmissionpolicybindings"}
@@ -39,15 +42,7 @@ def render() -> str:
 
 
 def main(argv: list[str]) -> int:
-    text = render()
-    if "--check" in argv:
-        if not OUTPUT.exists() or OUTPUT.read_text() != text:
-            print(f"{OUTPUT} is stale: run python {Path(__file__).name}", file=sys.stderr)
-            return 1
-        return 0
-    OUTPUT.write_text(text)
-    print(f"wrote {OUTPUT}")
-    return 0
+    return write_or_check(OUTPUT, render(), argv, Path(__file__).name)
 
 
 if __name__ == "__main__":
