@@ -39,7 +39,14 @@ sys.path.insert(0, str(REPO))
 from yolofit.estimator import build  # noqa: E402
 from yolofit.estimator.gpu import get_gpu_class  # noqa: E402
 from yolofit.estimator.models import build_model, resolve  # noqa: E402
-from yolofit.estimator.profile import Profile, ProfileKey, ProfileStore, Terms, estimate  # noqa: E402
+from yolofit.estimator.profile import (  # noqa: E402
+    Profile,
+    ProfileKey,
+    ProfileStore,
+    Terms,
+    estimate,
+    trace_points,
+)
 
 RESULTS = REPO / "benchmarks" / "RESULTS.md"
 HEADING = "## VRAM estimator (benchmarks/estimator.py)"
@@ -170,7 +177,7 @@ def _field_rows() -> list[dict[str, Any]]:
 
 
 def _default_allocator_terms(profile: Profile) -> Terms:
-    points = tuple((t["batch"], t["objects"]) for t in profile.traced_at)
+    points = trace_points(profile.traced_at)
     return build.fit_terms([max(t["reserved_default"], t["allocated"])
                             for t in profile.traced_at], points)
 

@@ -17,14 +17,15 @@ def key(imgsz: int = 640, amp: str = "fp16", ckpt: bool = False, model: str = "y
 
 def profile(k: ProfileKey, fixed: int = 1 * GiB, per_sample: int = 512 * MiB,
             per_object: int = 0, overhead: Terms | None = None,
-            params: int = 10_000_000) -> Profile:
-    """Allocated = fixed + per_sample*b + per_object*b*o; reserved adds `overhead`."""
+            params: int = 10_000_000, per_mean_object: int = 0) -> Profile:
+    """Allocated = fixed + per_sample*b + per_object*b*o + per_mean_object*b*mean;
+    reserved adds `overhead`."""
     overhead = overhead or Terms(0, 0)
     weights = Terms(4 * params, 0)
-    rest = Terms(fixed - 4 * 4 * params, per_sample, per_object)
+    rest = Terms(fixed - 4 * 4 * params, per_sample, per_object, per_mean_object)
     breakdown = {"weights": weights, "gradients": weights, "optimizer_state": weights + weights,
                  "activations": rest, "allocator_overhead": overhead}
-    allocated = Terms(fixed, per_sample, per_object)
+    allocated = Terms(fixed, per_sample, per_object, per_mean_object)
     return Profile(k, params, allocated, allocated + overhead, breakdown,
                    [{"batch": 1}, {"batch": 2}], "hand-made")
 

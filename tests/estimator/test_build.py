@@ -13,15 +13,75 @@ def _peak(b: int, o: int) -> int:
     return max(1000 + 100 * b, 950 + 90 * b + 3 * b * o)
 
 
-def test_fit_of_linear_terms_keeps_the_sparse_objects_in_per_sample() -> None:
-    """The sparse line is taken as measured (with its 4 objects per sample), so a truly
-    linear truth comes back with per_sample + 4 * per_object: an over-estimate of
-    4 * per_object * batch bytes, never an under-estimate (also at 0 objects)."""
+def test_four_point_fit_keeps_the_sparse_objects_in_per_sample() -> None:  # old profiles
+    """Profiles traced before the mean point: the sparse line is taken as measured (with its
+    4 objects per sample), so a truly linear truth comes back with per_sample + 4 *
+    per_object: an over-estimate of 4 * per_object * batch bytes, never an under-estimate."""
+    points = ((4, 4), (8, 4), (2, 128), (2, 256))
     truth = Terms(5000, 700, 11)
-    values = [truth.at(b, o) for b, o in POINTS]
-    o_sparse = POINTS[0][1]
-    assert _fit_exact(values, POINTS) == (5000, 700 + o_sparse * 11, 11)
-    assert fit_terms(values) == Terms(5000, 700 + o_sparse * 11, 11)
+    values = [truth.at(b, o) for b, o in points]
+    o_sparse = points[0][1]
+    assert _fit_exact(values, points) == (5000, 700 + o_sparse * 11, 11)
+    assert fit_terms(values, points) == Terms(5000, 700 + o_sparse * 11, 11)
+
+
+def _value(terms: Terms, point: tuple[int, ...]) -> int:
+    b, most, *mean = point
+    return terms.at(b, most, mean[0] if mean else most)
+
+
+def test_five_point_fit_recovers_linear_terms_exactly() -> None:
+    """With the mean point a linear truth in the typical labels comes back exactly: the
+    sparse line at zero labels, the labels' slope, nothing on the densest count."""
+    truth = Terms(5000, 700, 0, 11)
+    values = [_value(truth, p) for p in POINTS]
+    assert _fit_exact(values, POINTS) == (5000, 700, 0, 11)
+    assert fit_terms(values) == truth
+
+
+def test_padding_seen_only_by_the_assigner_stays_on_the_densest_count() -> None:
+    """Equal-density points cannot tell padding (b x max) from typical labels (b x mean);
+    the assigner's own peaks can: the fit keeps it on the densest count (an upper bound
+    for any mean up to the max)."""
+    truth = Terms(5000, 700, 3, 0)
+    values = [_value(truth, p) for p in POINTS]
+    terms = fit_terms(values, POINTS, assign=values)
+    assert terms.per_object == 3
+    for b, most, mean in ((1, 0, 0), (16, 100, 1), (64, 1000, 16), (8, 40, 40)):
+        assert terms.at(b, most, mean) >= truth.at(b, most, mean)
+
+
+def _assigner(b: int, most: int) -> int:
+    return 950 + 90 * b + 3 * b * most  # padded to the densest sample
+
+
+def _step(b: int, most: int, mean: int) -> int:
+    """A synthetic segment step: the sparse peak L = 1000 + 100 b + 20 b mean (mask maps of
+    the real labels); a dense backward peak B = 900 + 60 b + 21 b mean (it sets the peak only
+    with many labels); the assigner A = 950 + 90 b + 3 b max, hidden under B at the traced
+    dense points."""
+    return max(1000 + 100 * b + 20 * b * mean, 900 + 60 * b + 21 * b * mean,
+               _assigner(b, most))
+
+
+def test_five_point_fit_is_an_upper_bound_with_the_mean_below_the_max() -> None:
+    values = [_step(p[0], p[1], p[-1]) for p in POINTS]
+    assign = [_assigner(p[0], p[1]) for p in POINTS]
+    assert all(a < v for a, v in zip(assign, values, strict=True))  # never the peak here
+    assert POINTS == ((4, 4), (8, 4), (2, 128), (2, 256), (4, 16))
+    blind = fit_terms(values)
+    terms = fit_terms(values, POINTS, assign)
+    assert terms.per_mean_object == 20 and terms.per_sample == 100 and terms.fixed == 1000
+    assert terms.per_object == 3 > blind.per_object  # the assigner's slope, seen in its phase
+    for b in (2, 4, 8, 16, 32, 64):
+        for most in (0, 4, 30, 100, 300, 1000):
+            for mean in {-(-most // b), most // 8, most // 2, most}:  # mean >= max / b
+                if mean >= -(-most // b):
+                    assert terms.at(b, most, mean) >= _step(b, most, mean), (b, most, mean)
+    # without the assigner's own peaks the fit misses it where max >> mean
+    assert blind.at(64, 1000, 16) < _step(64, 1000, 16)
+    # the excess of the dense points is charged to the densest count, not to every sample
+    assert terms.at(16, 4, 1) - _step(16, 4, 1) <= 16 * 4 * terms.per_object
 
 
 def test_fit_is_an_upper_bound_of_the_max_of_two_lines() -> None:

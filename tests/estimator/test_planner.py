@@ -74,6 +74,11 @@ CASES = [
          req(objects=10), [profile(key(), per_sample=256 * MiB, per_object=10 * MiB)],
          # device = 1524 + (256 + 10*40) b MiB <= 9216 -> b = 11
          {"batch_per_gpu": 11, "accumulate": 6}),
+    Case("typical labels x5/3 (mosaic) per sample, the densest x4",
+         req(objects=10, mean_objects=3),
+         [profile(key(), per_sample=256 * MiB, per_object=1 * MiB, per_mean_object=10 * MiB)],
+         # device = 1524 + (256 + 1*40 + 10*5) b MiB <= 9216 -> b = 22
+         {"batch_per_gpu": 22, "accumulate": 3}),
     Case("pinned batch that fits is used as is", req(batch_per_gpu=4), _all_amps(),
          {"fits": True, "batch_per_gpu": 4, "accumulate": 16, "checkpointing": False}),
     Case("checkpointing only when batch 1 does not fit",
@@ -257,6 +262,7 @@ def test_auto_optimizer_follows_ultralytics(images: int, epochs: int, expected: 
     ({"world_size": 0}, "world_size"), ({"amp": "fp8"}, "amp"), ({"objects": -1}, "objects"),
     ({"batch_per_gpu": 0}, "batch_per_gpu"), ({"optimizer": "Adam"}, "optimizer"),
     ({"min_imgsz": 33}, "min_imgsz"), ({"nc": 0}, "nc"),
+    ({"objects": 5, "mean_objects": 6}, "mean_objects"), ({"mean_objects": -1}, "mean_objects"),
 ])
 def test_request_validation_names_the_field(overrides: dict[str, Any], field: str) -> None:
     with pytest.raises(ValueError, match=f"^{field}: "):

@@ -11,6 +11,7 @@ measures the share of each branch as the planner actually answers and fails if o
 
 from __future__ import annotations
 
+import dataclasses
 from collections import Counter
 from dataclasses import dataclass, replace
 from typing import Any
@@ -71,8 +72,10 @@ def stores(draw: st.DrawFn) -> ProfileStore:
         fixed = draw(st.integers(100 * MiB, 60 * GiB))
         per_sample = draw(st.integers(1 * MiB, 4 * GiB))
         per_object = draw(st.integers(0, 4 * MiB))
+        per_mean = draw(st.integers(0, 4 * MiB))
         overhead = Terms(draw(st.integers(0, 512 * MiB)), draw(st.integers(0, 256 * MiB)))
-        profiles.append(profile(key(amp=amp), fixed, per_sample, per_object, overhead))
+        profiles.append(profile(key(amp=amp), fixed, per_sample, per_object, overhead,
+                                per_mean_object=per_mean))
         shrink = draw(st.integers(2, 16))
         profiles.append(profile(key(amp=amp, ckpt=True), fixed // shrink, per_sample // shrink,
                                 per_object, overhead))
@@ -235,14 +238,17 @@ requests = st.builds(
 
 
 @settings(max_examples=300, deadline=None)
-@given(req=requests, g=gpus, store=stores(), batch=st.integers(1, 512))
+@given(req=requests, g=gpus, store=stores(), batch=st.integers(1, 512),
+       mean=st.one_of(st.none(), st.integers(0, 500)))
 def test_planner_arithmetic_equals_estimate(req: PlanRequest, g: Any, store: ProfileStore,
-                                            batch: int) -> None:
+                                            batch: int, mean: int | None) -> None:
     from yolofit.estimator.planner import _Fit
 
+    req = dataclasses.replace(req, mean_objects=None if mean is None else min(mean, req.objects))
     for p in store.profiles.values():
         fast = _Fit(p, g, req).device(batch)
-        slow = estimate(p, batch, req.objects, g, world_size=req.world_size).device_total_bytes
+        slow = estimate(p, batch, req.objects, g, world_size=req.world_size,
+                        mean_objects=req.mean_objects).device_total_bytes
         assert fast == slow
 
 

@@ -1,5 +1,7 @@
-"""Build a Profile by tracing: run the training step at four (batch, objects) points and
-fit fixed + per_sample*b + per_object*b*objects for every quantity.
+"""Build a Profile by tracing: run the training step at five (batch, objects) points and
+fit fixed + per_sample*b + per_object*b*max_objects + per_mean_object*b*mean_objects for
+every quantity (profile.Terms: the densest sample's count pads the assigner's targets, the
+typical count drives the foreground-anchor terms of the loss).
 
 The peak of a step is the larger of two lines: L(b), the peak with few labels (end of the
 loss, all activations alive), and A(b, o), the peak inside the TaskAlignedAssigner, whose
@@ -10,7 +12,16 @@ L(b) - A(b, 0) (measured for yolov8n@640: about 11 MB per sample, see RESULTS.md
 
 Points: (4, 4) and (8, 4) give L's fixed and per-sample terms; (2, o) and (2, 2o) with
 o = max(128, 2 nc) give the assigner's slope s (cheaper at a small batch; the slope per
-b x o is the same), doubled until the dense points are above the sparse line.
+b x o is the same), doubled until the dense points are above the sparse line; (4, 16)
+(MEAN_POINT) gives the slope of the sparse peak per label, the foreground-anchor terms
+(segment: one 160x160 fp32 mask map and its fp32 target per anchor saved for backward,
+~10 anchors per object; detect: a few hundred bytes). With it the sparse line is taken at
+zero labels, the typical labels add `per_mean_object` each, and `per_object` is the dense
+slope beyond that, raised until the dense points are covered: their excess over the line
+(segment: mask-loss backward at 128+ labels a sample) appears only with dense labels, so
+it is charged to the densest count, not to every sample (it used to go to per_sample: +17 %
+of yolo26m-seg's slope, the field's segment rows over-predicted by 36-42 %).
+Classifiers have no labels: four points, per_object 0.
 In compute="shape" mode a point costs about the same at any batch (activations are never
 computed or touched), so the batch points sit nearer real training batches than 1 and 2,
 where allocator rounding is a larger share of every number.
@@ -21,16 +32,24 @@ from __future__ import annotations
 import copy
 import dataclasses
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from fractions import Fraction
 from typing import Any
 
-from yolofit.estimator.profile import Profile, ProfileKey, Terms, fit_upper_terms
+from yolofit.estimator.profile import (
+    Profile,
+    ProfileKey,
+    Terms,
+    exact_terms5,
+    fit_upper_terms,
+    not_below,
+)
 
 BATCH_POINTS: tuple[tuple[int, int], ...] = ((4, 4), (8, 4))
 OBJECT_POINTS: tuple[tuple[int, int], ...] = ((2, 128), (2, 256))
-POINTS = BATCH_POINTS + OBJECT_POINTS
+MEAN_POINT: tuple[int, int] = (4, 16)  # batch as BATCH_POINTS[0], more (sparse) labels
+POINTS: tuple[tuple[int, ...], ...] = (*BATCH_POINTS, *OBJECT_POINTS, MEAN_POINT)
 PROFILE_CATEGORIES = ("weights", "gradients", "optimizer_state", "ema", "activations", "loss",
                       "validation", "temporaries")
 
@@ -38,7 +57,7 @@ PROFILE_CATEGORIES = ("weights", "gradients", "optimizer_state", "ema", "activat
 @dataclass(frozen=True)
 class PointResult:
     batch: int
-    objects: int
+    objects: int  # labels of the densest sample
     allocated: int
     reserved: int
     reserved_default: int  # without expandable segments
@@ -46,37 +65,62 @@ class PointResult:
     breakdown: dict[str, int]
     peak_phase: str
     seconds: float
+    mean_objects: float | None = None  # mean labels per sample, when not `objects`
+    assign_peak: int = 0  # allocated peak while the TaskAlignedAssigner ran (0: not seen)
+
+    @property
+    def point(self) -> tuple[int, ...]:
+        if self.mean_objects is None:
+            return (self.batch, self.objects)
+        return (self.batch, self.objects, Fraction(self.mean_objects))  # type: ignore[return-value]
 
     def to_dict(self) -> dict[str, Any]:
-        return {"batch": self.batch, "objects": self.objects, "allocated": self.allocated,
+        mean = {} if self.mean_objects is None else {"mean_objects": self.mean_objects}
+        if self.assign_peak:
+            mean["assign_peak"] = self.assign_peak
+        return {**mean, "batch": self.batch, "objects": self.objects,
+                "allocated": self.allocated,
                 "reserved": self.reserved, "reserved_default": self.reserved_default,
                 "requested": self.requested, "peak_phase": self.peak_phase,
                 "seconds": round(self.seconds, 3)}
 
 
 def trace_point(model: Any, key: ProfileKey, batch: int, objects: int,
-                compute: str = "shape", expandable_segments: bool = True) -> PointResult:
-    """Trace one (batch, objects) point of `key` on a copy of `model`."""
+                compute: str = "shape", expandable_segments: bool = True,
+                densest: int | None = None) -> PointResult:
+    """Trace one (batch, objects) point of `key` on a copy of `model`; with `densest`, the
+    first sample holds `densest` labels and the others `objects`."""
     from yolofit.estimator.tracer import StepConfig, trace_training_step
 
     cfg = StepConfig(batch=batch, imgsz=key.imgsz, objects=objects, amp=key.amp,
-                     optimizer=key.optimizer, checkpointing=key.checkpointing, compute=compute)
+                     optimizer=key.optimizer, checkpointing=key.checkpointing, compute=compute,
+                     densest=densest)
     result = trace_training_step(copy.deepcopy(model), cfg)
     main = result.replay(expandable_segments)
     other = result.replay(not expandable_segments)
-    return PointResult(batch, objects, main.peak_allocated, main.peak_reserved,
+    most, mean = objects, None
+    if densest is not None:
+        most = densest
+        exact = Fraction(densest + objects * (batch - 1), batch)
+        mean = int(exact) if exact.denominator == 1 else float(exact)
+    return PointResult(batch, most, main.peak_allocated, main.peak_reserved,
                        other.peak_reserved if expandable_segments else main.peak_reserved,
-                       main.peak_requested, main.breakdown, main.peak_phase, result.seconds)
+                       main.peak_requested, main.breakdown, main.peak_phase, result.seconds,
+                       mean, main.phase_peaks.get("assign", 0))
 
 
-def fit_terms(values: list[int], points: tuple[tuple[int, int], ...] = POINTS) -> Terms:
-    """Upper-bound terms from the four points (see the module docstring), rounded up and
-    raised until no traced point is under-predicted."""
-    return fit_upper_terms(values, points)
+def fit_terms(values: list[int], points: Sequence[tuple[int, ...]] = POINTS,
+              assign: Sequence[int] | None = None) -> Terms:
+    """Upper-bound terms from the points (see the module docstring), rounded up and raised
+    until no traced point is under-predicted; `assign`: the assigner's own peaks at the
+    points (per_object is never below their dense slope)."""
+    return fit_upper_terms(values, points, assign)
 
 
-def _fit_exact(values: list[int], points: tuple[tuple[int, int], ...]
-               ) -> tuple[Fraction, Fraction, Fraction]:
+def _fit_exact(values: list[int], points: Sequence[tuple[int, ...]]
+               ) -> tuple[Fraction, ...]:
+    if len(points) == 5:
+        return exact_terms5(values, points)
     (b1, o1), (b2, o2), (b3, o3), (b4, o4) = points
     if not (o1 == o2 and b1 != b2 and b3 == b4 and o3 != o4):
         raise ValueError(f"points must be (b1,o),(b2,o),(b,o1),(b,o2): {points}")
@@ -88,19 +132,21 @@ def _fit_exact(values: list[int], points: tuple[tuple[int, int], ...]
 
 
 def fit_breakdown(results: list[PointResult],
-                  points: tuple[tuple[int, int], ...] = POINTS) -> dict[str, Terms]:
+                  points: Sequence[tuple[int, ...]] = POINTS) -> dict[str, Terms]:
     """Per-component terms at the sparse-label peak (per_object from the dense points);
     allocator_overhead is reserved - allocated."""
     out: dict[str, Terms] = {}
     for name in PROFILE_CATEGORIES:
         values = [r.breakdown.get(name, 0) for r in results]
         if any(values):
-            f = _fit_exact(values, points)
-            out[name] = Terms(round(f[0]), round(f[1]), max(round(f[2]), 0))
+            out[name] = _rounded(_fit_exact(values, points))
     overhead = [r.reserved - r.allocated for r in results]
-    f = _fit_exact(overhead, points)
-    out["allocator_overhead"] = Terms(round(f[0]), round(f[1]), max(round(f[2]), 0))
+    out["allocator_overhead"] = _rounded(_fit_exact(overhead, points))
     return out
+
+
+def _rounded(f: tuple[Fraction, ...]) -> Terms:
+    return Terms(round(f[0]), round(f[1]), *(max(round(x), 0) for x in f[2:]))
 
 
 def dense_objects(nc: int) -> tuple[int, int]:
@@ -114,8 +160,10 @@ def dense_objects(nc: int) -> tuple[int, int]:
 def _dense_points(model: Any, key: ProfileKey, sparse: list[PointResult],
                   progress: Callable[[str], None] | None, compute: str,
                   expandable_segments: bool) -> list[PointResult]:
-    """Trace the two dense points; if the first is not above the sparse line (the assigner
-    does not yet set the peak), double the objects and try again (up to three times)."""
+    """Trace the two dense points (every sample dense: the per-label cost of a dense batch,
+    mask-loss backward included, is what per_object must cover); if the first is not above
+    the sparse line (the assigner does not yet set the peak), double the objects and try
+    again (up to three times)."""
     (b1, o1), (b2, _) = ((r.batch, r.objects) for r in sparse)
     slope = Fraction(sparse[1].allocated - sparse[0].allocated, b2 - b1)
     batch = OBJECT_POINTS[0][0]
@@ -136,11 +184,12 @@ def _dense_points(model: Any, key: ProfileKey, sparse: list[PointResult],
 
 def linearity(results: list[PointResult], check: PointResult) -> dict[str, float]:
     """Relative error of the fitted terms at a point that was not used for fitting."""
-    points = tuple((r.batch, r.objects) for r in results)
+    points = tuple(r.point for r in results)
     alloc = fit_terms([r.allocated for r in results], points)
     res = fit_terms([max(r.reserved, r.allocated) for r in results], points)
-    return {"allocated": alloc.at(check.batch, check.objects) / check.allocated - 1,
-            "reserved": res.at(check.batch, check.objects) / check.reserved - 1}
+    mean = None if check.mean_objects is None else round(check.mean_objects)
+    return {"allocated": alloc.at(check.batch, check.objects, mean) / check.allocated - 1,
+            "reserved": res.at(check.batch, check.objects, mean) / check.reserved - 1}
 
 
 def build_profile(key: ProfileKey, progress: Callable[[str], None] | None = None,
@@ -168,7 +217,7 @@ def build_profile(key: ProfileKey, progress: Callable[[str], None] | None = None
     for i, (b, o) in enumerate(batch_points):
         if progress:
             progress(f"tracing {key.model} ({task}) imgsz={key.imgsz} amp={key.amp} "
-                     f"batch={b} objects={o} ({i + 1}/{len(BATCH_POINTS) + 2})")
+                     f"batch={b} objects={o} ({i + 1}/{len(POINTS)})")
         results.append(trace_point(model, key, b, o, compute, expandable_segments))
     if task == "classify":
         b = OBJECT_POINTS[0][0]
@@ -176,12 +225,17 @@ def build_profile(key: ProfileKey, progress: Callable[[str], None] | None = None
         results += [one, dataclasses.replace(one, objects=1)]
     else:
         results += _dense_points(model, key, results, progress, compute, expandable_segments)
-    points = tuple((r.batch, r.objects) for r in results)
-    allocated = fit_terms([r.allocated for r in results], points)
-    reserved = _not_below(fit_terms([max(r.reserved, r.allocated) for r in results], points),
-                          allocated)
-    reserved_default = _not_below(fit_terms([max(r.reserved_default, r.allocated)
-                                             for r in results], points), allocated)
+        if progress:
+            progress(f"tracing {key.model} ({task}) imgsz={key.imgsz} batch={MEAN_POINT[0]} "
+                     f"objects={MEAN_POINT[1]} (labels' slope)")
+        results.append(trace_point(model, key, *MEAN_POINT, compute, expandable_segments))
+    points = tuple(r.point for r in results)
+    assign = [r.assign_peak for r in results] if len(results) == 5 else None
+    allocated = fit_terms([r.allocated for r in results], points, assign)
+    reserved = not_below(fit_terms([max(r.reserved, r.allocated) for r in results], points),
+                         allocated)
+    reserved_default = not_below(fit_terms([max(r.reserved_default, r.allocated)
+                                            for r in results], points), allocated)
     breakdown = fit_breakdown(results, points)
     seconds = time.perf_counter() - t0
     mode = "expandable_segments:True" if expandable_segments else "default allocator"
@@ -190,14 +244,6 @@ def build_profile(key: ProfileKey, progress: Callable[[str], None] | None = None
     return Profile(key=key, params=params, allocated=allocated, reserved=reserved,
                    breakdown=breakdown, traced_at=[r.to_dict() for r in results],
                    source=source, task=task, reserved_default=reserved_default)
-
-
-def _not_below(reserved: Terms, allocated: Terms) -> Terms:
-    """Reserved never below allocated, term by term (the dense slope of reserved can read
-    low when its high-water mark was set in another phase at the small dense batch)."""
-    return Terms(max(reserved.fixed, allocated.fixed),
-                 max(reserved.per_sample, allocated.per_sample),
-                 max(reserved.per_object, allocated.per_object))
 
 
 def _ultralytics_version() -> str:

@@ -185,6 +185,7 @@ def _estimate_cmd(args: argparse.Namespace) -> int:
     batch = _int("--batch", args.batch)
     amp = _choice("--amp", args.amp, AMP_MODES)
     objects = _int("--objects", args.objects, minimum=0)
+    mean = _mean_objects(args, objects)
     nc = _int("--nc", args.nc)
     optimizer = _optimizer(args.optimizer)
     gpu = _gpu("--gpu", args.gpu)
@@ -192,11 +193,12 @@ def _estimate_cmd(args: argparse.Namespace) -> int:
         gpu = dataclasses.replace(gpu, usable_bytes=_size("--gpu-memory", args.gpu_memory))
     key = ProfileKey(name, chash, imgsz, amp, optimizer, nc, args.checkpointing)
     profile = _profile_for(ProfileStore(), key, args.model)
-    est = estimate(profile, batch, objects, gpu)
+    est = estimate(profile, batch, objects, gpu, mean_objects=mean)
     doc: dict[str, Any] = {
         **est.to_dict(), "task": profile.task, "profile_id": key.id, "gpu_class": gpu.name,
         "batch": batch,
         "objects_per_image": objects, "objects_per_sample": objects_per_sample(objects),
+        "mean_objects_per_image": mean,
         "usable_bytes": gpu.usable_bytes, "budget_bytes": gpu.budget_bytes,
         "fits": est.device_total_bytes <= gpu.budget_bytes, "profile_source": profile.source,
     }
@@ -205,6 +207,16 @@ def _estimate_cmd(args: argparse.Namespace) -> int:
     else:
         print(_estimate_table(doc, key, gpu))
     return 0
+
+
+def _mean_objects(args: argparse.Namespace, objects: int) -> int | None:
+    if args.mean_objects is None:
+        return None
+    mean = _int("--mean-objects", args.mean_objects, minimum=0)
+    if mean > objects:
+        raise UsageError(f"--mean-objects: must not exceed --objects ({objects}), got {mean}; "
+                         "give the dataset's mean labels per image (yolofit data stats)")
+    return mean
 
 
 def _estimate_table(doc: dict[str, Any], key: ProfileKey, gpu: GpuClass) -> str:
@@ -265,6 +277,7 @@ def _plan_request(args: argparse.Namespace) -> PlanRequest:
         nc=_int("--nc", args.nc), nbs=_int("--nbs", args.nbs),
         world_size=_int("--gpus", args.gpus) * _int("--nodes", args.nodes),
         amp=_choice("--amp", args.amp, AMP_CHOICES), objects=_int("--objects", args.objects, 0),
+        mean_objects=_mean_objects(args, _int("--objects", args.objects, 0)),
         optimizer=_optimizer(args.optimizer), allow_checkpointing=not args.no_checkpointing,
         allow_imgsz_reduction=args.min_imgsz is not None,
         min_imgsz=_imgsz("--min-imgsz", args.min_imgsz) if args.min_imgsz else None,
@@ -402,7 +415,12 @@ def _common(p: argparse.ArgumentParser, amp_default: str, amp_choices: tuple[str
     p.add_argument("--amp", default=amp_default, help=f"one of {', '.join(amp_choices)}")
     p.add_argument("--objects", default="50",
                    help="most labels in one image of the dataset (mosaic puts up to 4x in a "
-                        "sample; the estimate accounts for it)")
+                        "sample; the estimate accounts for it): sizes the assigner's padded "
+                        "targets")
+    p.add_argument("--mean-objects", default=None,
+                   help="mean labels per image of the dataset (yolofit data stats): sizes the "
+                        "loss terms that follow the real labels (segment masks, keypoints); "
+                        "default: every sample counted at --objects (an upper bound)")
     p.add_argument("--optimizer", default="auto",
                    help="auto (taken as AdamW, Ultralytics' pick below 10000 iterations), SGD, "
                         "AdamW or MuSGD")

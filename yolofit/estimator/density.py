@@ -149,5 +149,6 @@ def render(stats: Sequence[SplitStats]) -> str:
                      f"{s.max:>9}{s.max_per_sample:>12}  {s.source}")
     lines.append("max/sample: with mosaic (train), the sum of the 4 densest images (a mosaic "
                  "sample is cut from 4 images and never gains labels); else the densest image. "
-                 "Plan with --objects set to max/img (the estimate applies mosaic x4).")
+                 "Plan with --objects set to max/img (the estimate applies mosaic x4) and "
+                 "--mean-objects to mean/img rounded up (x5/3 a mosaic sample).")
     return "\n".join(lines)

@@ -27,7 +27,14 @@ from typing import Any
 
 from yolofit.estimator.gpu import GpuClass, from_memory, get_gpu_class
 from yolofit.estimator.identity import resolve_model, with_kpt_shape
-from yolofit.estimator.profile import Profile, ProfileKey, ProfileStore, estimate
+from yolofit.estimator.profile import (
+    Profile,
+    ProfileKey,
+    ProfileStore,
+    estimate,
+    mean_objects_per_sample,
+    objects_per_sample,
+)
 
 FIELD_DIR = Path(__file__).with_name("data") / "field"
 FILES: tuple[str, ...] = ("field_gpu_mem.csv", "field_gpu_mem_2.csv")
@@ -134,24 +141,34 @@ def gpu_for(row: FieldRow) -> GpuClass:
         return from_memory(16 * 2**30, name=row.gpu)
 
 
+def _densities(row: FieldRow, densest: int | None = None) -> tuple[int, int | None]:
+    """(densest, typical) labels per training sample. Only the mean per image is published:
+    it is the typical image, and stands in for the densest image too (mosaic x4), unless
+    `densest` (per image) is given."""
+    most = row.objects if densest is None else densest
+    return (objects_per_sample(most, row.mosaic),
+            mean_objects_per_sample(row.objects, row.mosaic))
+
+
 def traced_allocated(row: FieldRow, profile: Profile) -> int:
     """The trace's peak allocated bytes at the row's batch and density (no GPU constant)."""
-    per_sample = row.objects * (4 if row.mosaic else 1)
-    return profile.allocated.at(row.batch, per_sample)
+    return profile.allocated.at(row.batch, *_densities(row))
 
 
 def traced_reserved_default(row: FieldRow, profile: Profile) -> int:
     """The allocator model's own default-mode replay (for comparison; not the estimate)."""
-    per_sample = row.objects * (4 if row.mosaic else 1)
-    return profile.reserved_terms(expandable_segments=False).at(row.batch, per_sample)
+    return profile.reserved_terms(expandable_segments=False).at(row.batch, *_densities(row))
 
 
-def predict(row: FieldRow, profile: Profile, gpu: GpuClass) -> int:
+def predict(row: FieldRow, profile: Profile, gpu: GpuClass, densest: int | None = None
+            ) -> int:
     """The estimate's peak reserved bytes for the row: default allocator (stock
-    Ultralytics), single GPU, the row's density, mosaic setting and cache regime."""
-    return estimate(profile, row.batch, row.objects, gpu, mosaic=row.mosaic,
-                    expandable_segments=False,
-                    epoch_emptied=row.epoch_emptied).peak_reserved_bytes
+    Ultralytics), single GPU, the row's density (the stated mean as the typical image and,
+    unless `densest` is given, as the densest), mosaic setting and cache regime."""
+    most = row.objects if densest is None else densest
+    return estimate(profile, row.batch, most, gpu, mosaic=row.mosaic,
+                    expandable_segments=False, epoch_emptied=row.epoch_emptied,
+                    mean_objects=row.objects).peak_reserved_bytes
 
 
 @dataclass(frozen=True)

@@ -29,6 +29,7 @@ from yolofit.estimator.profile import (
     Terms,
     ddp_bucket_bytes,
     estimate,
+    mean_objects_per_sample,
     model_name,
     objects_per_sample,
     resolve_model,
@@ -55,7 +56,10 @@ _BLOCK = 2 * 2**20  # slack for the 2 MiB rounding of the fragmentation margin
 class PlanRequest:
     """What the user asked for and what the policy lets the planner change.
 
-    `objects` is the most labels one image of the dataset holds (mosaic x4 is applied).
+    `objects` is the most labels one image of the dataset holds (mosaic x4 is applied): it
+    sizes the assigner's padded targets. `mean_objects` is the dataset's mean labels per
+    image (`yolofit data stats`): it sizes the foreground-anchor loss terms (segment masks,
+    keypoints); None counts every sample at the densest, an upper bound.
     `batch_per_gpu` pins the batch; `min_imgsz` is the floor for imgsz reduction (default:
     half the requested imgsz). `config_hash` skips reading the model YAML when known.
     `optimizer` is what Ultralytics will use; "auto" is taken as AdamW (see auto_optimizer).
@@ -69,6 +73,7 @@ class PlanRequest:
     amp: str = "auto"
     objects: int = 50
     optimizer: str = "AdamW"
+    mean_objects: int | None = None
     allow_amp: bool = True
     allow_checkpointing: bool = True
     allow_imgsz_reduction: bool = False
@@ -107,6 +112,9 @@ def validate_request(req: PlanRequest) -> list[str]:
         problems.append(f"multi_scale: must be in [0, 1], got {req.multi_scale}")
     if req.objects < 0:
         problems.append(f"objects: must not be negative, got {req.objects}")
+    if req.mean_objects is not None and not 0 <= req.mean_objects <= req.objects:
+        problems.append(f"mean_objects: must be between 0 and objects ({req.objects}), got "
+                        f"{req.mean_objects}; give the dataset's mean labels per image")
     if req.batch_per_gpu is not None and req.batch_per_gpu < 1:
         problems.append(f"batch_per_gpu: must be at least 1, got {req.batch_per_gpu}")
     if req.amp not in AMP_CHOICES:
@@ -271,18 +279,20 @@ class _Fit:
         self.profile, self.gpu, self.req = profile, gpu, req
         self.budget = gpu.budget_bytes
         objects = objects_per_sample(req.objects, req.mosaic)
+        mean = mean_objects_per_sample(req.mean_objects, req.mosaic)
         self.res_fixed = profile.reserved.fixed
-        self.res_slope = profile.reserved.per_sample + profile.reserved.per_object * objects
+        self.res_slope = profile.reserved.slope(objects, mean)
         extra, self.outside = Terms(gpu.workspace_bytes, 0), gpu.cuda_context_bytes
         if req.world_size > 1:  # as estimate(): DDP buckets (allocator) + NCCL (outside)
             extra = extra + Terms(ddp_bucket_bytes(profile), 0)
             self.outside += gpu.nccl_bytes
         self.extra_fixed = extra.fixed
-        self.extra_slope = extra.per_sample + extra.per_object * objects
+        self.extra_slope = extra.slope(objects, mean)
 
     def estimate(self, batch: int) -> Estimate:
         return estimate(self.profile, batch, self.req.objects, self.gpu,
-                        mosaic=self.req.mosaic, world_size=self.req.world_size)
+                        mosaic=self.req.mosaic, world_size=self.req.world_size,
+                        mean_objects=self.req.mean_objects)
 
     def device(self, batch: int) -> int:
         traced = self.res_fixed + self.res_slope * batch

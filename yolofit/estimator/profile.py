@@ -35,10 +35,12 @@ from yolofit.estimator.identity import (  # re-exported: the tracer and the CLI 
 )
 
 __all__ = [
-    "AMP_MODES", "COMPONENTS", "MOSAIC_OBJECTS_FACTOR", "OPTIMIZERS", "SHIPPED_PROFILES",
+    "AMP_MODES", "COMPONENTS", "MOSAIC_MEAN_FACTOR", "MOSAIC_OBJECTS_FACTOR", "OPTIMIZERS",
+    "SHIPPED_PROFILES",
     "Estimate", "ModelRef", "Profile", "ProfileKey", "ProfileMissing", "ProfileStore", "Terms",
     "UnknownModel", "config_hash", "ddp_bucket_bytes", "default_cache_dir", "estimate",
-    "model_families", "model_name", "objects_per_sample", "resolve_model", "write_profiles",
+    "mean_objects_per_sample", "model_families", "model_name", "not_below",
+    "objects_per_sample", "resolve_model", "trace_points", "write_profiles",
 ]
 
 AmpMode = Literal["off", "fp16", "bf16"]
@@ -49,6 +51,13 @@ OPTIMIZERS: tuple[str, ...] = ("SGD", "AdamW", "MuSGD")
 # Ultralytics' mosaic puts four images into one training sample, so a sample can hold up
 # to four times the labels of the densest image (ultralytics/data/augment.py Mosaic).
 MOSAIC_OBJECTS_FACTOR = 4
+# ...but on average far fewer: the four images fill a 2*imgsz canvas and RandomPerspective
+# keeps an imgsz x imgsz window of it (border -imgsz/2), one image's area; its zoom (scale
+# 0.5: E[1/s^2] = 4/3 over s in [0.5, 1.5]) and clipped boxes that survive box_candidates
+# add to that. Measured with Ultralytics' own train pipeline (Mosaic + RandomPerspective,
+# default hyperparameters, 2000 samples): x1.41-1.42 for boxes 1-5 % of a side, x1.66-1.67
+# for 5-30 % (benchmarks/RESULTS.md, field section); the larger is used.
+MOSAIC_MEAN_FACTOR = Fraction(5, 3)
 
 # The components a profile's breakdown may hold, in display order. Their allocated parts
 # sum to `allocated`; `allocator_overhead` is reserved - allocated.
@@ -110,44 +119,105 @@ class ProfileKey:
 
 @dataclass(frozen=True)
 class Terms:
-    """Bytes as fixed + per_sample*batch + per_object*batch*objects (objects per sample)."""
+    """Bytes as fixed + per_sample*batch + per_object*batch*objects
+    + per_mean_object*batch*mean_objects (both counts per training sample).
+
+    Two object counts, because the loss has two kinds of label-dependent tensors:
+    - `objects`, the densest sample of the batch: the TaskAlignedAssigner pads every sample's
+      targets to it (b x max_n x anchors tensors), so `per_object` is paid per sample at the
+      batch's densest count (and carries the upper-bound slack of build.py's fit);
+    - `mean_objects`, the typical sample: the terms proportional to the foreground anchors
+      the assigner picks (segment: one 160x160 mask map per anchor saved for backward; pose:
+      keypoint losses) sum over the real labels of the batch, ~ batch x mean labels.
+    `at(b, o)` without a mean counts every sample at the densest count (an upper bound: what
+    profiles without a `per_mean_object` term, or callers without a mean, get)."""
 
     fixed: int
     per_sample: int
     per_object: int = 0
+    per_mean_object: int = 0
 
-    def at(self, batch: int, objects: int = 0) -> int:
-        return self.fixed + self.per_sample * batch + self.per_object * batch * objects
+    def at(self, batch: int, objects: int = 0, mean_objects: int | None = None) -> int:
+        mean = objects if mean_objects is None else mean_objects
+        return (self.fixed + self.per_sample * batch + self.per_object * batch * objects
+                + self.per_mean_object * batch * mean)
+
+    def slope(self, objects: int = 0, mean_objects: int | None = None) -> int:
+        """Bytes per sample at these densities (at() = fixed + slope * batch)."""
+        mean = objects if mean_objects is None else mean_objects
+        return self.per_sample + self.per_object * objects + self.per_mean_object * mean
 
     def __add__(self, other: Terms) -> Terms:
         return Terms(self.fixed + other.fixed, self.per_sample + other.per_sample,
-                     self.per_object + other.per_object)
+                     self.per_object + other.per_object,
+                     self.per_mean_object + other.per_mean_object)
 
     def __sub__(self, other: Terms) -> Terms:
         return Terms(self.fixed - other.fixed, self.per_sample - other.per_sample,
-                     self.per_object - other.per_object)
+                     self.per_object - other.per_object,
+                     self.per_mean_object - other.per_mean_object)
 
-    def max_batch(self, budget: int, objects: int = 0) -> int:
-        """Largest batch b with at(b, objects) <= budget (0 if even b=1 fails); closed form."""
-        slope = self.per_sample + self.per_object * objects
+    def max_batch(self, budget: int, objects: int = 0, mean_objects: int | None = None) -> int:
+        """Largest batch b with at(b, objects, mean) <= budget (0 if even b=1 fails);
+        closed form."""
+        slope = self.slope(objects, mean_objects)
         room = budget - self.fixed
         if slope <= 0:
             return 0 if room < slope else 2**31
         return max(room // slope, 0)
 
     def to_dict(self) -> dict[str, int]:
-        return {"fixed": self.fixed, "per_sample": self.per_sample, "per_object": self.per_object}
+        d = {"fixed": self.fixed, "per_sample": self.per_sample, "per_object": self.per_object}
+        if self.per_mean_object:
+            d["per_mean_object"] = self.per_mean_object
+        return d
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> Terms:
-        return cls(int(d["fixed"]), int(d["per_sample"]), int(d.get("per_object", 0)))
+        return cls(int(d["fixed"]), int(d["per_sample"]), int(d.get("per_object", 0)),
+                   int(d.get("per_mean_object", 0)))
 
 
-def fit_upper_terms(values: Sequence[int], points: Sequence[tuple[int, int]]) -> Terms:
-    """Terms through four traced points (b1,o),(b2,o),(b,o1),(b,o2): the sparse line from
-    the first two, the per-object slope from the last two; rounded up and raised until no
-    traced point is under-predicted (build.py's docstring says why this is an upper bound)."""
-    (b1, o1), (b2, o2), (b3, o3), (b4, o4) = points
+Point = tuple[int, ...]  # (batch, objects) or (batch, densest, mean): labels per sample
+
+
+def _triple(point: Point) -> tuple[int, int, Fraction]:
+    """(batch, densest, mean) of a trace point; a (batch, objects) point has every sample
+    at `objects`. The mean may be fractional (one dense sample among typical ones)."""
+    if len(point) == 2:
+        return point[0], point[1], Fraction(point[1])
+    return point[0], point[1], Fraction(point[2])
+
+
+def trace_points(traced_at: Sequence[Mapping[str, Any]]) -> list[Point]:
+    """The fit's points of a profile's `traced_at` entries: (batch, densest, mean)."""
+    return [(int(t["batch"]), int(t["objects"]), t.get("mean_objects", t["objects"]))
+            for t in traced_at]
+
+
+def fit_upper_terms(values: Sequence[int], points: Sequence[Point],
+                    assign: Sequence[int] | None = None) -> Terms:
+    """Upper-bound terms through the traced points (build.py's docstring says why).
+
+    Four points (b1,o),(b2,o),(b,o1),(b,o2) (profiles before the mean-density point): the
+    sparse line from the first two, the per-object slope from the last two, every label
+    counted at the densest sample (`per_object`); rounded up and the per-sample term raised
+    until no traced point is under-predicted.
+    Five points (build.POINTS): the sparse pair, the dense pair, and a fifth at the first
+    point's batch with more (still sparse) labels. The fifth's rise over the first is the
+    slope of the typical labels (`per_mean_object`, the loss terms that follow the
+    foreground anchors); the sparse line is taken at zero labels; `per_object` is the dense
+    pair's slope beyond the mean slope, raised until the dense points are covered: that
+    excess appears only with dense labels, so it is charged to the densest count, not to
+    every sample of every batch. Since the densest count is never below the mean, a batch
+    of dense samples is covered as traced, and one dense sample among sparse ones too.
+    `assign` (five points): the peaks traced while the TaskAlignedAssigner ran; per_object
+    is never below their slope over the dense pair - the targets padded to the densest
+    sample (b x max x anchors) can hide under a larger mask-loss peak at the traced points
+    and still set the peak of a batch whose densest sample is far above its mean."""
+    if len(points) == 5:
+        return _fit_upper_terms5(values, points, assign)
+    (b1, o1), (b2, o2), (b3, o3), (b4, o4) = (p[:2] for p in points)
     if not (o1 == o2 and b1 != b2 and b3 == b4 and o3 != o4):
         raise ValueError(f"points must be (b1,o),(b2,o),(b,o1),(b,o2): {list(points)}")
     v1, v2, v3, v4 = (Fraction(v) for v in values)
@@ -155,11 +225,64 @@ def fit_upper_terms(values: Sequence[int], points: Sequence[tuple[int, int]]) ->
     per_sample = (v2 - v1) / (b2 - b1)
     fixed = v1 - per_sample * b1
     terms = Terms(math.floor(fixed), math.ceil(per_sample), max(math.ceil(per_object), 0))
-    short = max(Fraction(v - terms.at(b, o), b) for v, (b, o) in zip(values, points,
-                                                                    strict=True))
+    return _raised(terms, values, points)
+
+
+def exact_terms5(values: Sequence[int], points: Sequence[Point]
+                 ) -> tuple[Fraction, Fraction, Fraction, Fraction]:
+    """(fixed, per_sample, per_object, per_mean_object) through the five points exactly (see
+    fit_upper_terms; each may be negative: callers clamp)."""
+    (b1, o1, m1), (b2, o2, _), (b3, d3, m3), (b4, d4, m4), (b5, o5, m5) = map(_triple, points)
+    if not (o1 == o2 == m1 and b1 != b2 and b3 == b4 and d3 != d4 and b5 == b1
+            and o5 == m5 > o1):
+        raise ValueError("points must be (b1,o),(b2,o),(b,d1,m1),(b,d2,m2),(b1,o3>o): "
+                         f"{list(points)}")
+    v1, v2, v3, v4, v5 = (Fraction(v) for v in values)
+    per_mean = (v5 - v1) / (b1 * (o5 - o1))
+    slope = (v2 - v1) / (b2 - b1)
+    fixed = v1 - slope * b1
+    per_object = (v4 - v3 - per_mean * b3 * (m4 - m3)) / (b3 * (d4 - d3))
+    return fixed, slope - per_mean * o1, per_object, per_mean
+
+
+def _fit_upper_terms5(values: Sequence[int], points: Sequence[Point],
+                      assign: Sequence[int] | None) -> Terms:
+    fixed, _, _, per_mean = exact_terms5(values, points)
+    (b1, o1, _), (b2, _, _), (b, d3, m3), (_, d4, m4) = map(_triple, points[:4])
+    per_mean = max(per_mean, Fraction(0))  # labels never make the sparse peak smaller
+    per_sample = Fraction(values[1] - values[0], b2 - b1) - per_mean * o1
+    per_object = max((values[3] - values[2] - per_mean * b * (m4 - m3)) / (b * (d4 - d3)),
+                     Fraction(0))
+    if assign is not None and assign[2] and assign[3]:
+        per_object = max(per_object, Fraction(assign[3] - assign[2], b * (d4 - d3)))
+    for v, point in zip(values[2:4], points[2:4], strict=True):  # cover the dense points
+        pb, d, m = _triple(point)
+        line = fixed + per_sample * pb + per_mean * pb * m
+        per_object = max(per_object, (v - line) / (pb * d))
+    terms = Terms(math.floor(fixed), math.ceil(per_sample), math.ceil(per_object),
+                  math.ceil(per_mean))
+    return _raised(terms, values, points)
+
+
+def _at(terms: Terms, point: Point) -> Fraction:
+    b, d, m = _triple(point)
+    return (terms.fixed + terms.per_sample * b + terms.per_object * b * d
+            + terms.per_mean_object * b * m)
+
+
+def _raised(terms: Terms, values: Sequence[int], points: Sequence[Point]) -> Terms:
+    """`terms` with per_sample raised until no traced point is under-predicted."""
+    short = max((v - _at(terms, p)) / p[0] for v, p in zip(values, points, strict=True))
     if short > 0:
-        terms = Terms(terms.fixed, terms.per_sample + math.ceil(short), terms.per_object)
+        terms = dataclasses.replace(terms, per_sample=terms.per_sample + math.ceil(short))
     return terms
+
+
+def not_below(terms: Terms, floor: Terms) -> Terms:
+    """`terms`, term by term never below `floor` (reserved never below allocated)."""
+    return Terms(max(terms.fixed, floor.fixed), max(terms.per_sample, floor.per_sample),
+                 max(terms.per_object, floor.per_object),
+                 max(terms.per_mean_object, floor.per_mean_object))
 
 
 @dataclass(frozen=True)
@@ -189,13 +312,12 @@ class Profile:
             return self.reserved
         if self.reserved_default is not None:
             return self.reserved_default
-        if len(self.traced_at) == 4 and all("reserved_default" in t for t in self.traced_at):
-            points = [(int(t["batch"]), int(t["objects"])) for t in self.traced_at]
+        if len(self.traced_at) in (4, 5) and all("reserved_default" in t
+                                                  for t in self.traced_at):
+            points = trace_points(self.traced_at)
             fitted = fit_upper_terms([max(int(t["reserved_default"]), int(t["allocated"]))
                                       for t in self.traced_at], points)
-            return Terms(max(fitted.fixed, self.allocated.fixed),
-                         max(fitted.per_sample, self.allocated.per_sample),
-                         max(fitted.per_object, self.allocated.per_object))
+            return not_below(fitted, self.allocated)
         return self.reserved
 
     def to_dict(self) -> dict[str, Any]:
@@ -240,6 +362,15 @@ def objects_per_sample(objects_per_image: int, mosaic: bool = True) -> int:
     return objects_per_image * (MOSAIC_OBJECTS_FACTOR if mosaic else 1)
 
 
+def mean_objects_per_sample(mean_per_image: int | None, mosaic: bool = True) -> int | None:
+    """The labels a typical training sample carries (mosaic: 5/3 of an image's mean, see
+    MOSAIC_MEAN_FACTOR, rounded up); None (no mean known) stays None: count every sample as
+    the densest."""
+    if mean_per_image is None:
+        return None
+    return math.ceil(mean_per_image * MOSAIC_MEAN_FACTOR) if mosaic else mean_per_image
+
+
 def ddp_bucket_bytes(profile: Profile) -> int:
     """DDP's gradient buckets: one fp32 copy of every gradient (Ultralytics wraps the model
     with gradient_as_bucket_view=False), allocated when DDP is built, kept for the run."""
@@ -248,9 +379,12 @@ def ddp_bucket_bytes(profile: Profile) -> int:
 
 def estimate(profile: Profile, batch: int, objects: int, gpu: GpuClass,
              mosaic: bool = True, world_size: int = 1,
-             expandable_segments: bool = True, epoch_emptied: bool = False) -> Estimate:
-    """Peak per GPU at `batch` samples per GPU and `objects` labels per *image* (the dataset
-    property; mosaic multiplies it by four per sample unless `mosaic` is False).
+             expandable_segments: bool = True, epoch_emptied: bool = False,
+             mean_objects: int | None = None) -> Estimate:
+    """Peak per GPU at `batch` samples per GPU and `objects` labels in the densest *image*
+    (the dataset property; mosaic multiplies it by four per sample unless `mosaic` is
+    False), `mean_objects` the dataset's mean labels per image (a mosaic sample carries 5/3
+    of it on average); without a mean every sample is counted at the densest (see Terms).
 
     The profile gives what the CPU trace saw through the allocator model. The GPU class adds
     what only a GPU has: cuBLAS/cuDNN workspaces (served by the caching allocator, so they
@@ -267,9 +401,10 @@ def estimate(profile: Profile, batch: int, objects: int, gpu: GpuClass,
     field runs by -11 to +9 % (benchmarks/RESULTS.md), the fitted fraction does not.
     """
     per_sample = objects_per_sample(objects, mosaic)
+    mean = mean_objects_per_sample(mean_objects, mosaic)
     names = [c for c in COMPONENTS if c in profile.breakdown]
     names += [c for c in profile.breakdown if c not in COMPONENTS]
-    breakdown = {name: profile.breakdown[name].at(batch, per_sample) for name in names}
+    breakdown = {name: profile.breakdown[name].at(batch, per_sample, mean) for name in names}
     extra_allocated = gpu.workspace_bytes
     extra_outside = gpu.cuda_context_bytes
     if world_size > 1:  # buckets live all run long, whatever the grads do at the peak
@@ -278,10 +413,10 @@ def estimate(profile: Profile, batch: int, objects: int, gpu: GpuClass,
         breakdown["nccl"] = gpu.nccl_bytes
         extra_allocated += grads
         extra_outside += gpu.nccl_bytes
-    traced_allocated = profile.allocated.at(batch, per_sample)
+    traced_allocated = profile.allocated.at(batch, per_sample, mean)
     allocated = traced_allocated + extra_allocated
     if expandable_segments:
-        traced_reserved = profile.reserved.at(batch, per_sample)
+        traced_reserved = profile.reserved.at(batch, per_sample, mean)
         fragmentation = gpu.fragmentation_bytes(traced_reserved)
     else:
         traced_reserved = traced_allocated

@@ -72,6 +72,7 @@ PHASE_CATEGORY = {
     "setup": "weights", "step": "temporaries", "batch": "activations",
     "forward": "activations", "loss": "loss", "backward": "temporaries",
     "optimizer": "temporaries", "ema": "temporaries", "validation": "validation",
+    "assign": "loss",
     "validation_loss": "validation", "validation_batch": "validation",
 }
 
@@ -279,6 +280,7 @@ class StepConfig:
     batch: int
     imgsz: int
     objects: int = 8  # labels per training sample (after mosaic)
+    densest: int | None = None  # labels of the first sample, if not `objects` (the densest)
     amp: str = "fp16"  # off | fp16 | bf16
     optimizer: str = "AdamW"  # SGD | AdamW | MuSGD
     checkpointing: bool = False
@@ -401,9 +403,12 @@ def task_shape(model: Any) -> TaskShape:
 
 
 def synthetic_batch(batch: int, imgsz: int, objects: int, seed: int = 0, nc: int = 2,
-                    shape: TaskShape | None = None) -> dict[str, torch.Tensor]:
+                    shape: TaskShape | None = None, densest: int | None = None
+                    ) -> dict[str, torch.Tensor]:
     """A collated Ultralytics batch of the task's shape with exactly `objects` labels per
-    image (host side), as the task's dataset and `collate_fn` make it:
+    image (host side) - or, with `densest`, `densest` labels in the first image and `objects`
+    in the others (a batch whose densest sample pads the assigner's targets while the rest
+    are typical) - as the task's dataset and `collate_fn` make it:
     detect: img uint8, batch_idx, cls, bboxes (xywh, normalised);
     segment: + masks, (b, h/r, w/r) uint8 object indices when overlap_mask (int32 above 255
     objects), else (n, h/r, w/r) uint8 per object; YOLO26 seg also sem_masks (b, h/r, w/r);
@@ -414,12 +419,15 @@ def synthetic_batch(batch: int, imgsz: int, objects: int, seed: int = 0, nc: int
     if shape.task == "classify":
         return {"img": torch.randn(batch, 3, imgsz, imgsz, generator=g),
                 "cls": torch.randint(0, nc, (batch,), generator=g)}
-    n = batch * objects
+    counts = [objects] * batch
+    if densest is not None and batch:
+        counts[0] = densest
+    n = sum(counts)
     wh = 0.05 + 0.25 * torch.rand(n, 2, generator=g)
     xy = wh / 2 + (1 - wh) * torch.rand(n, 2, generator=g)
     out = {
         "img": torch.randint(0, 255, (batch, 3, imgsz, imgsz), dtype=torch.uint8, generator=g),
-        "batch_idx": torch.arange(batch).repeat_interleave(objects).float(),
+        "batch_idx": torch.arange(batch).repeat_interleave(torch.tensor(counts)).float(),
         "cls": torch.randint(0, nc, (n, 1), generator=g).float(),
         "bboxes": torch.cat([xy, wh], 1),
     }
@@ -434,18 +442,18 @@ def synthetic_batch(batch: int, imgsz: int, objects: int, seed: int = 0, nc: int
         out["keypoints"] = kpts
     elif shape.task == "segment":
         h = w = imgsz // shape.mask_ratio
-        masks = _box_masks(xy, wh, batch, objects, h, w, shape.overlap_mask)
+        masks = _box_masks(xy, wh, counts, h, w, shape.overlap_mask)
         out["masks"] = masks
         if shape.semantic:
             out["sem_masks"] = torch.zeros(batch, h, w)
     return out
 
 
-def _box_masks(xy: torch.Tensor, wh: torch.Tensor, batch: int, objects: int, h: int, w: int,
+def _box_masks(xy: torch.Tensor, wh: torch.Tensor, counts: list[int], h: int, w: int,
                overlap: bool) -> torch.Tensor:
     """Masks that fill each label's box: overlap_mask puts object i+1's index into one
-    (h, w) map per image (uint8, int32 above 255 objects, as polygons2masks_overlap); else
-    one (h, w) uint8 map per object."""
+    (h, w) map per image (uint8, int32 above 255 objects in an image, as
+    polygons2masks_overlap); else one (h, w) uint8 map per object."""
     ys = (torch.arange(h).float() + 0.5) / h
     xs = (torch.arange(w).float() + 0.5) / w
     x1, y1 = (xy - wh / 2).unbind(1)
@@ -454,10 +462,13 @@ def _box_masks(xy: torch.Tensor, wh: torch.Tensor, batch: int, objects: int, h: 
               & (xs[None, None, :] >= x1[:, None, None]) & (xs[None, None, :] < x2[:, None, None]))
     if not overlap:
         return inside.to(torch.uint8)
-    dtype = torch.int32 if objects > 255 else torch.uint8
-    out = torch.zeros(batch, h, w, dtype=dtype)
-    for i in range(batch * objects):  # later objects paint over earlier ones
-        out[i // max(objects, 1)][inside[i]] = i % objects + 1
+    dtype = torch.int32 if max(counts, default=0) > 255 else torch.uint8
+    out = torch.zeros(len(counts), h, w, dtype=dtype)
+    i = 0
+    for image, count in enumerate(counts):  # later objects paint over earlier ones
+        for j in range(count):
+            out[image][inside[i]] = j + 1
+            i += 1
     return out
 
 
@@ -513,10 +524,33 @@ def prepare_training(model: torch.nn.Module, cfg: StepConfig) -> TrainState:
     shape = task_shape(model)
     return TrainState(model, ema, optimizer, scaler,
                       synthetic_batch(cfg.batch, cfg.imgsz, cfg.objects, cfg.seed, min(nc, 2),
-                                      shape),
+                                      shape, cfg.densest),
                       synthetic_batch(2 * cfg.batch, cfg.imgsz, cfg.objects, cfg.seed + 1,
-                                      min(nc, 2), shape),
+                                      min(nc, 2), shape, cfg.densest),
                       cfg)
+
+
+@contextlib.contextmanager
+def _assigner_phase(tracker: StorageTracker) -> Iterator[None]:
+    """While a training loss runs its TaskAlignedAssigner (any task's subclass), the tracker
+    is in phase "assign": the phase's peak is the assigner's own, whose tensors are padded
+    to the batch's densest sample (b x max labels x anchors); build.py fits per_object on
+    it. Restored on exit."""
+    from ultralytics.utils.tal import TaskAlignedAssigner
+
+    call = TaskAlignedAssigner.__call__
+
+    def traced_call(module: Any, *args: Any, **kwargs: Any) -> Any:
+        if tracker.phase != "loss":
+            return call(module, *args, **kwargs)
+        with tracker.in_phase("assign"):
+            return call(module, *args, **kwargs)
+
+    TaskAlignedAssigner.__call__ = traced_call  # type: ignore[method-assign]
+    try:
+        yield
+    finally:
+        TaskAlignedAssigner.__call__ = call  # type: ignore[method-assign]
 
 
 def run_traced(state: TrainState, tracker: StorageTracker,
@@ -529,7 +563,7 @@ def run_traced(state: TrainState, tracker: StorageTracker,
         tracker.track(t, "ema")
     tracker.phase = "step"
     analytic: dict[str, int] = {}
-    with tracker:
+    with tracker, _assigner_phase(tracker):
         for i in range(cfg.iterations):
             if progress:
                 progress(f"iteration {i + 1}/{cfg.iterations}")
