@@ -67,6 +67,8 @@ GOOD: dict[str, Any] = {
     "gpus": st.fixed_dictionaries({"nodes": st.integers(-1, 5),
                                    "perNode": st.integers(-1, 17)}),
     "gpuClass": st.sampled_from(["t4", "h100-80gb", "v100"]),
+    "maxObjectsPerImage": st.sampled_from([5, 100, 0, 10001]),
+    "meanObjectsPerImage": st.sampled_from([3, 16, 40, 150, 0]),
     "image": st.sampled_from(["ghcr.io/yolofit/trainer:1", "docker.io/evil"]),
     "volumes": st.lists(st.sampled_from([
         {"name": "d", "persistentVolumeClaim": {"claimName": "x"}},

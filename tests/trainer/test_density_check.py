@@ -1,5 +1,6 @@
-"""Before its first step the trainer measures the data's densest image and stops with
-exit reason data-denser (code 3) and the figure when the plan assumed fewer objects."""
+"""Before its first step the trainer measures the data's densest image and its mean objects
+per image and stops with exit reason data-denser (code 3) and both figures when the plan
+assumed fewer objects (the densest, or the mean where the plan depends on it)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from yolofit.operator import feedback
+from yolofit.operator import feedback, replan
 from yolofit.sandbox.localrun import wait_pods
 from yolofit.trainer.config import TrainConfig
 from yolofit.trainer.errors import DataDenser
@@ -17,7 +18,7 @@ from yolofit.trainer.trainer import check_density
 
 from .launch import Job, start_ranks
 
-COUNTS = [1, 2, 12, 3, 1, 2]  # 4 train (densest 12), 2 val
+COUNTS = [1, 2, 12, 3, 1, 2]  # 4 train (densest 12, mean 4.5), 2 val
 
 
 @pytest.fixture(scope="module")
@@ -26,9 +27,9 @@ def dense(tmp_path_factory: pytest.TempPathFactory) -> Path:
                                   imgsz=64, nc=2, objects=COUNTS)
 
 
-def _cfg(data: Path, assumed: int | None) -> TrainConfig:
+def _cfg(data: Path, assumed: int | None, mean: int | None = None) -> TrainConfig:
     return TrainConfig(model="yolov8n.yaml", data=str(data), batch_per_gpu=2,
-                       objects_per_image=assumed)
+                       objects_per_image=assumed, mean_objects_per_image=mean)
 
 
 @pytest.mark.parametrize(("assumed", "denser"), [(11, True), (12, False), (50, False),
@@ -41,6 +42,24 @@ def test_check_density(dense: Path, assumed: int | None, denser: bool) -> None:
     else:
         assert check_density(_cfg(dense, assumed), "detect") in (12, None)
     assert check_density(_cfg(dense, 1), "classify") is None
+
+
+@pytest.mark.parametrize(("assumed", "mean", "denser"), [(12, 4, True), (12, 1, True),
+                                                         (12, 5, False), (12, None, False),
+                                                         (11, 50, True)])
+def test_check_density_mean(dense: Path, assumed: int, mean: int | None,
+                            denser: bool) -> None:
+    """The training split's mean (4.5, reported rounded up: 5) against the plan's; either
+    stop carries both figures, so one re-plan takes both."""
+    if not denser:
+        assert check_density(_cfg(dense, assumed, mean), "segment") == 12
+        return
+    with pytest.raises(DataDenser) as exc:
+        check_density(_cfg(dense, assumed, mean), "segment")
+    assert (exc.value.objects_per_image, exc.value.mean_objects_per_image) == (12, 5)
+    if assumed >= 12:
+        assert f"hold 4.50 objects on average, the plan assumed {mean}" in str(exc.value)
+        assert "spec.meanObjectsPerImage" in str(exc.value)
 
 
 @pytest.mark.slow
@@ -56,3 +75,24 @@ def test_denser_data_stops_before_the_first_step(dense: Path, tmp_path: Path) ->
     assert report is not None and not report.rejected
     assert (report.exit_reason, report.objects_per_image) == ("data-denser", 12)
     assert [r.exit_reason for r in report.ranks] == ["data-denser"]
+
+
+@pytest.mark.slow
+def test_a_denser_mean_stops_before_the_first_step(dense: Path, tmp_path: Path) -> None:
+    """The densest image is within the plan, the mean is not: the real trainer stops, and
+    the operator's parser and re-plan take the measured mean (rounded up)."""
+    job = Job(data=dense, output=tmp_path / "runs", nodes=1, batch_per_gpu=2, nbs=2)
+    ranks = start_ranks(job, tmp_path, config_patch={"objects_per_image": 12,
+                                                     "mean_objects_per_image": 3})
+    assert wait_pods(ranks, timeout=300) == [3], ranks[0].output()[-2000:]
+    summary = ranks[0].summary()
+    assert summary["exit_reason"] == "data-denser" and summary["steps"] == 0
+    assert (summary["objects_per_image"], summary["objects_per_image_mean"]) == (12, 5)
+    assert "re-plan with 5" in summary["message"]
+    report = feedback.parse_summary(json.dumps(summary), 0, "p")
+    assert report is not None and not report.rejected
+    assert (report.objects_per_image, report.objects_per_image_mean) == (12, 5)
+    before = replan.Assumed(objects=12, model="yolov8n", classes=2, mean=3)
+    inputs = replan.found([report], before, None, 0, "T")
+    assert inputs is not None
+    assert (inputs.objects_per_image, inputs.mean_objects_per_image) == (None, 5)

@@ -101,7 +101,8 @@ def _worst(rank: int) -> Summary:
                    images_per_second=1e12, exit_reason="oom",
                    message="ü€ out of memory " * 500, attempt=2**31, start_epoch=99999,
                    epochs_done=99999, save_dir="/" + "d" * 4000, resumed_from="/" + "r" * 4000,
-                   objects_per_image=10000, model_found={"model": "y" * 64, "nc": 100000})
+                   objects_per_image=10000, objects_per_image_mean=10000,
+                   model_found={"model": "y" * 64, "nc": 100000})
 
 
 @pytest.mark.parametrize("ranks", [1, 2, 8, 16])

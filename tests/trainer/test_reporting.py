@@ -29,6 +29,7 @@ CONTRACT_FIELDS = {
     "save_dir",
     "resumed_from",
     "objects_per_image",
+    "objects_per_image_mean",
     "model_found",
     "ranks",
 }

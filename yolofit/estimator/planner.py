@@ -154,6 +154,9 @@ class Plan:
     world_size: int = 1
     profile_id: str = ""
     task: str = "detect"
+    # the profile has a typical-label term (per_mean_object: segment masks, keypoints), so
+    # the request's mean_objects moved the estimate; False: every label counts at the densest
+    uses_mean: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -166,7 +169,7 @@ class Plan:
             "usable_bytes": self.usable_bytes, "budget_bytes": self.budget_bytes,
             "utilisation": self.utilisation, "breakdown": dict(self.breakdown),
             "reason": self.reason, "ultralytics_args": dict(self.ultralytics_args),
-            "profile_id": self.profile_id, "task": self.task,
+            "profile_id": self.profile_id, "task": self.task, "uses_mean": self.uses_mean,
         }
 
 
@@ -366,7 +369,11 @@ def _fitted(fit: _Fit, batch: int, req: PlanRequest, amp: str, imgsz: int,
         ultralytics_args={"batch": batch * req.world_size, "nbs": req.nbs, "amp": amp != "off",
                           "imgsz": imgsz},
         budget_bytes=gpu.budget_bytes, world_size=req.world_size, profile_id=key.id,
-        reason=reason, task=fit.profile.task)
+        reason=reason, task=fit.profile.task, uses_mean=_uses_mean(fit.profile))
+
+
+def _uses_mean(profile: Profile) -> bool:
+    return bool(profile.reserved.per_mean_object or profile.allocated.per_mean_object)
 
 
 def _levers_text(amp: str, checkpointing: bool) -> str:
@@ -391,7 +398,8 @@ def _no_fit(fit: _Fit | None, gpu: GpuClass, req: PlanRequest, amp: str, imgsz: 
         breakdown=est.breakdown if est else {}, reason=reason, ultralytics_args={},
         budget_bytes=gpu.budget_bytes, world_size=req.world_size,
         profile_id=fit.profile.key.id if fit else "",
-        task=fit.profile.task if fit else "detect")
+        task=fit.profile.task if fit else "detect",
+        uses_mean=_uses_mean(fit.profile) if fit else False)
 
 
 def _usable_text(gpu: GpuClass) -> str:

@@ -42,15 +42,30 @@ def model_id(model: str) -> str:
     return re.sub(r"\.(ya?ml|pt)$", "", model.rsplit("/", 1)[-1])
 
 
+def label_density(spec: YOLOTrainingJobSpec, policy: GPUCapacityPolicySpec
+                  ) -> tuple[int, int]:
+    """(densest, mean) objects per image a plan assumes. The densest: spec.maxObjectsPerImage,
+    else the policy default, raised to spec.meanObjectsPerImage when only the mean is given
+    (no image set has a mean above its densest image). The mean: spec.meanObjectsPerImage,
+    else the policy default capped at the densest. A mean above an explicit max is refused
+    by static_errors."""
+    mean = spec.mean_objects_per_image
+    densest = spec.max_objects_per_image or max(policy.default_objects_per_image, mean or 0)
+    if mean is None:
+        mean = min(policy.default_mean_objects_per_image, densest)
+    return densest, mean
+
+
 def plan_request(spec: YOLOTrainingJobSpec, policy: GPUCapacityPolicySpec,
                  batch_per_gpu: int | None = None) -> planner.PlanRequest:
     levers = policy.levers
     effects = memory_effects(spec.args)
+    densest, mean = label_density(spec, policy)
     return planner.PlanRequest(
         mosaic=effects.mosaic, multi_scale=effects.multi_scale,
         model=weights.architecture(spec), nc=spec.classes, imgsz=spec.imgsz, nbs=spec.nbs,
         world_size=spec.gpus.nodes * spec.gpus.per_node, amp=spec.amp,
-        objects=spec.max_objects_per_image or policy.default_objects_per_image,
+        objects=densest, mean_objects=min(mean, densest),
         optimizer=spec.optimizer, allow_amp=levers.amp,
         allow_checkpointing=levers.checkpointing,
         allow_imgsz_reduction=levers.imgsz_reduction, min_imgsz=levers.min_imgsz,
@@ -86,6 +101,16 @@ def task_error(spec: YOLOTrainingJobSpec) -> str | None:
         return (f"spec.task: {spec.model} trains task {own}, not {spec.task}; "
                 f"set task: {own} or omit it")
     return None
+
+
+def mean_error(spec: YOLOTrainingJobSpec) -> str | None:
+    """One line when spec.meanObjectsPerImage is above spec.maxObjectsPerImage."""
+    mean, densest = spec.mean_objects_per_image, spec.max_objects_per_image
+    if mean is None or densest is None or mean <= densest:
+        return None
+    return (f"spec.meanObjectsPerImage: {mean} exceeds spec.maxObjectsPerImage {densest} (a "
+            f"mean is never above the densest image); set it to the training split's mean "
+            f"per image (`yolofit data stats`) or raise maxObjectsPerImage")
 
 
 # A Service name (DNS-1035 label). Job names are refused, not mapped: the job's Service,
@@ -126,6 +151,8 @@ def static_errors(name: str, namespace: str, spec: YOLOTrainingJobSpec,
     if (wrong_task := task_error(spec)) is not None:
         errors.append(wrong_task)
     errors += memory_effects(spec.args).refusals
+    if (wrong_mean := mean_error(spec)) is not None:
+        errors.append(wrong_mean)
     gpus = spec.gpus.nodes * spec.gpus.per_node
     rule = pol.namespace_rule(policy, namespace)
     if rule is not None and rule.max_gpus_per_job is not None and gpus > rule.max_gpus_per_job:
@@ -213,7 +240,8 @@ def decide(name: str, namespace: str, spec: YOLOTrainingJobSpec, policy: GPUCapa
                                                                     else ""),))
     margin = margins.get(margin_key(namespace, model, result.gpu_class), 0.0)
     plan = to_api_plan(result, spec, margin).model_copy(
-        update={"objects_per_image": req.objects})
+        update={"objects_per_image": req.objects,  # the mean only where it moved the plan
+                "mean_objects_per_image": (req.mean_objects or 0) if result.uses_mean else 0})
     if note:
         plan = plan.model_copy(update={"reason": f"{plan.reason}; {note}".lstrip("; ")})
     return Decision(plan=sharing.describe(plan, classes[result.gpu_class]))

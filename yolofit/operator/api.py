@@ -100,6 +100,15 @@ class Plan(Model):
                                    "assumed (spec.maxObjectsPerImage or the policy default); "
                                    "the trainer stops before its first step when the data "
                                    "holds more (exit reason data-denser).")
+    mean_objects_per_image: int = Field(0, ge=0, description="Mean objects per image the "
+                                        "plan assumed (spec.meanObjectsPerImage, else the "
+                                        "policy's defaultMeanObjectsPerImage, at most "
+                                        "objectsPerImage): it sizes the loss terms that "
+                                        "follow the labels (segment masks, keypoints). The "
+                                        "trainer stops before its first step when the "
+                                        "training split's mean is higher (data-denser). "
+                                        "0: the plan does not depend on it (e.g. detection, "
+                                        "whose labels all count at the densest image).")
 
 
 class YOLOTrainingJobSpec(Model):
@@ -141,6 +150,13 @@ class YOLOTrainingJobSpec(Model):
     max_objects_per_image: int | None = Field(None, ge=1, le=10000, description="Most "
                                               "labelled objects in one image (memory hint); "
                                               "default from the policy.")
+    mean_objects_per_image: int | None = Field(None, ge=1, le=10000, description="Mean "
+                                               "labelled objects per image of the training "
+                                               "split, rounded up (`yolofit data stats` "
+                                               "mean/img; memory hint for segment and pose "
+                                               "loss terms); at most maxObjectsPerImage. "
+                                               "Default from the policy "
+                                               "(defaultMeanObjectsPerImage).")
     image: str = Field("ghcr.io/yolofit/trainer:0.1.0", description="Trainer container "
                        "image (entrypoint `yolofit train`).")
     resources: Resources = Field(default_factory=Resources, description="CPU and memory of "
@@ -231,6 +247,13 @@ class MeasuredInputs(Model):
                                           "in one training image, measured by the trainer "
                                           "from its label cache (exit reason data-denser); "
                                           "never lowered by a later report.")
+    mean_objects_per_image: int | None = Field(None, ge=0, description="Mean labelled "
+                                               "objects per training image, rounded up, "
+                                               "measured by the trainer with the densest "
+                                               "(exit reason data-denser); planned "
+                                               "instead of spec.meanObjectsPerImage and the "
+                                               "policy default; never lowered by a later "
+                                               "report.")
     model: str | None = Field(None, description="Architecture of the checkpoint the job "
                               "trains from (exit reason model-differs), planned instead of "
                               "spec.model.")
@@ -473,6 +496,12 @@ class GPUCapacityPolicySpec(Model):
         "a slice.")
     default_objects_per_image: int = Field(100, ge=1, description="Objects per image assumed "
                                            "when a job gives no maxObjectsPerImage.")
+    default_mean_objects_per_image: int = Field(
+        16, ge=1, description="Mean objects per image assumed when a job gives no "
+        "meanObjectsPerImage (at most the objects per image in use). 16 is about twice "
+        "COCO's 7.3 and above the stated mean of 10 of the 13 field data sets behind "
+        "benchmarks/RESULTS.md (1-13; the dense ones hold 56-71): denser data is measured "
+        "by the trainer before its first step and re-planned once (data-denser).")
     default_headroom_percent: float = Field(10.0, ge=0, le=90, description="Headroom for "
                                             "classes that do not set one.")
     max_replans: int = Field(3, ge=0, le=20, description="OOM re-plans per job before it "
@@ -521,4 +550,4 @@ class GPUCapacityPolicy(Model):
 
 # Fields of the job spec that change a plan. Everything else (args, image, volumes) does not.
 PLAN_INPUTS = ("model", "classes", "imgsz", "nbs", "amp", "optimizer", "gpus", "gpu_class",
-               "max_objects_per_image")
+               "max_objects_per_image", "mean_objects_per_image")

@@ -62,6 +62,7 @@ class PodReport:
     save_dir: str = ""
     resumed_from: str = ""
     objects_per_image: int | None = None  # the densest training image (data-denser)
+    objects_per_image_mean: int | None = None  # the training split's mean, rounded up
     model_found: ModelFound | None = None  # what the checkpoint is (model-differs)
     rejected: str = ""
 
@@ -155,16 +156,19 @@ def _report(data: dict[str, Any], rank: int, pod: str) -> PodReport:
         attempt=_count(data, "attempt") if attempt is not None else None,
         start_epoch=_count(data, "start_epoch"), epochs_done=_count(data, "epochs_done"),
         save_dir=_text(data, "save_dir", 512), resumed_from=_text(data, "resumed_from", 512),
-        objects_per_image=_objects(data), model_found=_model_found(data))
+        objects_per_image=_objects(data), model_found=_model_found(data),
+        objects_per_image_mean=_objects(data, "objects_per_image_mean", least=0))
 
 
-def _objects(data: Mapping[str, Any]) -> int | None:
-    """`objects_per_image` (null or absent: None); out of bounds rejects the report."""
-    if data.get("objects_per_image") is None:
+def _objects(data: Mapping[str, Any], key: str = "objects_per_image",
+             least: int = 1) -> int | None:
+    """`objects_per_image` or `objects_per_image_mean` (null or absent: None); out of bounds
+    rejects the report (a mean may be 0: a split of background images)."""
+    if data.get(key) is None:
         return None
-    n = _count(data, "objects_per_image")
-    if not 1 <= n <= MAX_OBJECTS_PER_IMAGE:
-        raise _Bad(f"objects_per_image={n} is outside 1..{MAX_OBJECTS_PER_IMAGE}")
+    n = _count(data, key)
+    if not least <= n <= MAX_OBJECTS_PER_IMAGE:
+        raise _Bad(f"{key}={n} is outside {least}..{MAX_OBJECTS_PER_IMAGE}")
     return n
 
 

@@ -97,6 +97,7 @@ def train_config(name: str, namespace: str, spec: YOLOTrainingJobSpec, plan: Pla
         "attempt": attempt, "world_size": plan.gpus, "nodes": plan.nodes,
         "gpus_per_node": plan.gpus_per_node, "task": plan.task or spec.task,
         "objects_per_image": plan.objects_per_image or None,
+        "mean_objects_per_image": plan.mean_objects_per_image or None,
     }
 
 

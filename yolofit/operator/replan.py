@@ -5,7 +5,10 @@ with a one-object summary (yolofit/trainer/summary.py) when the plan assumed too
 
 - exit reason `data-denser` (exit code 3): the densest training image holds more objects
   than the plan's objectsPerImage (spec.maxObjectsPerImage or the policy's
-  defaultObjectsPerImage); the summary carries `objects_per_image`.
+  defaultObjectsPerImage), or the training split's mean is above the plan's
+  meanObjectsPerImage (spec.meanObjectsPerImage or defaultMeanObjectsPerImage; checked
+  only where the plan depends on it); the summary carries both measured figures,
+  `objects_per_image` and `objects_per_image_mean` (rounded up).
 - exit reason `model-differs` (exit code 4): the checkpoint is another architecture or has
   more classes than the plan assumed; the summary carries `model_found` {"model", "nc"}.
 
@@ -30,6 +33,7 @@ from yolofit.operator import admission, weights
 from yolofit.operator.api import (
     GPUCapacityPolicySpec,
     MeasuredInputs,
+    ModelFound,
     Plan,
     ReplanCause,
     YOLOTrainingJobSpec,
@@ -47,18 +51,26 @@ class Assumed:
     objects: int
     model: str  # admission.model_id of the planned model
     classes: int
+    mean: int = 0  # mean objects per image; 0: the plan does not depend on it
 
 
 def planning_spec(spec: YOLOTrainingJobSpec, inputs: MeasuredInputs | None
                   ) -> YOLOTrainingJobSpec:
     """The spec the job's plans are made from: measured inputs over spec and defaults
-    (a measured density never lowers an explicit, larger spec.maxObjectsPerImage)."""
+    (a measured density never lowers an explicit, larger spec.maxObjectsPerImage or
+    spec.meanObjectsPerImage; the densest is never below the mean)."""
     if inputs is None:
         return spec
     update: dict[str, object] = {}
+    densest = spec.max_objects_per_image
     if inputs.objects_per_image is not None:
-        update["max_objects_per_image"] = max(inputs.objects_per_image,
-                                              spec.max_objects_per_image or 0)
+        densest = update["max_objects_per_image"] = max(inputs.objects_per_image,
+                                                        densest or 0)
+    if inputs.mean_objects_per_image is not None:
+        mean = max(inputs.mean_objects_per_image, spec.mean_objects_per_image or 0, 1)
+        update["mean_objects_per_image"] = mean
+        if densest is not None and densest < mean:
+            update["max_objects_per_image"] = mean
     if inputs.model is not None:
         update["model"] = inputs.model
     if inputs.classes is not None:
@@ -82,36 +94,66 @@ def assumed(spec: YOLOTrainingJobSpec, policy: GPUCapacityPolicySpec, plan: Plan
     eff = planning_spec(spec, inputs)
     objects = (plan.objects_per_image or eff.max_objects_per_image
                or policy.default_objects_per_image)
-    return Assumed(objects, admission.model_id(eff.model), eff.classes)
+    return Assumed(objects, admission.model_id(eff.model), eff.classes,
+                   plan.mean_objects_per_image)
+
+
+def _highest(reports: Iterable[PodReport], attr: str) -> tuple[int | None, str]:
+    """The largest figure `attr` the reports carry and the first pod that says it."""
+    best, pod = None, ""
+    for rep in reports:
+        n = getattr(rep, attr)
+        if n is not None and (best is None or n > best):
+            best, pod = n, rep.pod
+    return best, pod
+
+
+def _model(reports: Iterable[PodReport], before: Assumed) -> tuple[ModelFound | None, str]:
+    for rep in reports:
+        m = rep.model_found
+        if (rep.exit_reason == MODEL_DIFFERS and m is not None
+                and (m.model, m.nc) != (before.model, before.classes)):
+            return m, rep.pod
+    return None, ""
+
+
+def _at_least(a: int | None, b: int | None) -> int | None:
+    return None if a is None and b is None else max(a or 0, b or 0)
 
 
 def found(reports: Iterable[PodReport], before: Assumed, recorded: MeasuredInputs | None,
           attempt: int, now: str) -> MeasuredInputs | None:
     """The inputs to record after this attempt's reports, or None when no report says
-    more than the plan assumed. Deterministic: the densest report wins, then pod order."""
-    objects, model, source = 0, None, ""
-    for rep in sorted(reports, key=lambda r: r.pod):
-        n = rep.objects_per_image
-        if rep.exit_reason == DATA_DENSER and n is not None and n > max(before.objects,
-                                                                        objects):
-            objects, source = n, rep.pod
-        m = rep.model_found
-        if (rep.exit_reason == MODEL_DIFFERS and m is not None and model is None
-                and (m.model, m.nc) != (before.model, before.classes)):
-            model, source = m, source or rep.pod
-    if not objects and model is None:
+    more than the plan assumed (the densest image above its objects, or the mean above its
+    mean where it assumed one). A data-denser report's mean is recorded with it, also when
+    lower than the plan's (a measurement beats the policy default). Deterministic: the
+    highest figure wins, then pod order; recorded figures are never lowered."""
+    ordered = sorted(reports, key=lambda r: r.pod)
+    denser = [r for r in ordered if r.exit_reason == DATA_DENSER]
+    objects, objects_pod = _highest(denser, "objects_per_image")
+    mean, mean_pod = _highest(denser, "objects_per_image_mean")
+    model, model_pod = _model(ordered, before)
+    new_objects = objects is not None and objects > before.objects
+    new_mean = mean is not None and 0 < before.mean < mean
+    if not new_objects and not new_mean and model is None:
         return None
+    source = objects_pod if new_objects else mean_pod if new_mean else model_pod
     base = recorded or MeasuredInputs()
     return MeasuredInputs(
-        objects_per_image=max(objects, base.objects_per_image or 0) or None,
+        objects_per_image=_at_least(objects if new_objects else None, base.objects_per_image),
+        mean_objects_per_image=_at_least(mean, base.mean_objects_per_image),
         model=model.model if model is not None else base.model,
         classes=model.nc if model is not None else base.classes,
         source=source, attempt=attempt, time=now)
 
 
+def _denser_mean(before: Assumed, inputs: MeasuredInputs) -> bool:
+    return 0 < before.mean < (inputs.mean_objects_per_image or 0)
+
+
 def causes(before: Assumed, inputs: MeasuredInputs) -> list[ReplanCause]:
     out: list[ReplanCause] = []
-    if (inputs.objects_per_image or 0) > before.objects:
+    if (inputs.objects_per_image or 0) > before.objects or _denser_mean(before, inputs):
         out.append("DataDenser")
     if inputs.model is not None and (inputs.model, inputs.classes) != (before.model,
                                                                        before.classes):
@@ -125,6 +167,9 @@ def describe(before: Assumed, inputs: MeasuredInputs) -> str:
     if (inputs.objects_per_image or 0) > before.objects:
         parts.append(f"data denser than planned: {inputs.objects_per_image} objects/image "
                      f"measured, plan assumed {before.objects}")
+    if _denser_mean(before, inputs):
+        parts.append(f"data denser than planned: {inputs.mean_objects_per_image} objects/image "
+                     f"on average measured, plan assumed {before.mean}")
     if inputs.model is not None and (inputs.model, inputs.classes) != (before.model,
                                                                        before.classes):
         parts.append(f"checkpoint differs from the plan: {inputs.model} with "
@@ -189,7 +234,10 @@ def fits_at_most(name: str, namespace: str, spec: YOLOTrainingJobSpec, fleet: Fl
     """'; at most N objects/image fit (...)': the densest data the job could train on,
     found by bisection on the same admission path ('' when not even one object fits)."""
     def plan_at(objects: int) -> Plan | None:
-        s = spec.model_copy(update={"max_objects_per_image": objects})
+        mean = spec.mean_objects_per_image
+        s = spec.model_copy(update={"max_objects_per_image": objects,
+                                    "mean_objects_per_image": min(mean, objects) if mean
+                                    else None})
         return admission.decide(name, namespace, s, fleet.policy, fleet.classes, fleet.store,
                                 fleet.margins).plan
 

@@ -28,9 +28,12 @@ MiB = 2**20
 def write_synthetic_profiles(directory: Path, model: str = "yolov8n", fixed_gib: float = 1.0,
                   per_sample_mib: float = 200.0, imgsz: int = 640, nc: int = 80,
                   optimizer: str = "AdamW", ckpt_factor: float = 0.5,
-                  per_object_bytes: int = 1024) -> ProfileStore:
+                  per_object_bytes: int = 1024, per_mean_object_bytes: int = 0
+                  ) -> ProfileStore:
     """Profiles for every AMP mode, with and without checkpointing, stored in `directory`
-    (`per_object_bytes`: what each labelled object of a sample costs, per image)."""
+    (`per_object_bytes`: what each labelled object of the densest sample costs, per sample;
+    `per_mean_object_bytes`: what each label of the typical sample costs, as segment masks
+    do)."""
     ref = resolve_model(model)
     store = ProfileStore(directory, shipped=None)
     for amp in ("off", "fp16", "bf16"):
@@ -39,8 +42,9 @@ def write_synthetic_profiles(directory: Path, model: str = "yolov8n", fixed_gib:
             per_sample = int(per_sample_mib * MiB * scale)
             fixed = int(fixed_gib * GiB)
             key = ProfileKey(ref.name, ref.config_hash, imgsz, amp, optimizer, nc, ckpt)
-            alloc = Terms(fixed, per_sample, per_object_bytes)
-            reserved = Terms(int(fixed * 1.1), int(per_sample * 1.1), per_object_bytes)
+            alloc = Terms(fixed, per_sample, per_object_bytes, per_mean_object_bytes)
+            reserved = Terms(int(fixed * 1.1), int(per_sample * 1.1), per_object_bytes,
+                             per_mean_object_bytes)
             store.put(Profile(key=key, params=3_000_000, allocated=alloc, reserved=reserved,
                               breakdown={"weights": Terms(fixed // 4, 0),
                                          "activations": Terms(0, per_sample)},

@@ -60,6 +60,10 @@ class TrainConfig(BaseModel):
     objects_per_image: int | None = Field(
         None, ge=0, description="Most objects per image the plan assumed; before its first "
         "step the trainer measures the data and stops (data-denser) when it holds more.")
+    mean_objects_per_image: int | None = Field(
+        None, ge=0, description="Mean objects per image the plan assumed (segment and pose "
+        "loss terms); the trainer stops (data-denser) when the training split's mean is "
+        "higher. None: the plan does not depend on it (not checked).")
     imgsz: int = Field(640, gt=0, description="Training image size in pixels (planned).")
     epochs: int = Field(1, gt=0, description="Number of epochs.")
     batch_per_gpu: int = Field(gt=0, description="Images per rank per forward/backward pass.")

@@ -30,9 +30,11 @@ class DataDenser(TrainerFailure):
 
     reason = "data-denser"
 
-    def __init__(self, message: str, objects_per_image: int) -> None:
+    def __init__(self, message: str, objects_per_image: int,
+                 mean_objects_per_image: int | None = None) -> None:
         super().__init__(message)
-        self.objects_per_image = objects_per_image
+        self.objects_per_image = objects_per_image  # the densest training image
+        self.mean_objects_per_image = mean_objects_per_image  # the split's mean, rounded up
 
 
 class ModelDiffers(TrainerFailure):

@@ -30,7 +30,8 @@ ExitReason = Literal["completed", "oom", "error", "data-missing", "data-denser",
                      "terminated"]
 
 # data-denser: the dataset holds more objects per image than the plan assumed; the operator
-# re-plans with `objects_per_image` (the measured densest image) before any GPU step.
+# re-plans with `objects_per_image` (the measured densest image) and
+# `objects_per_image_mean` (the training split's mean, rounded up) before any GPU step.
 # model-differs: the checkpoint (spec.weights) or the data's classes make a bigger model than
 # the plan's; `model_found` names it ({"model": "yolo11l", "nc": 80}) for the re-plan.
 # 143 = 128 + SIGTERM, as a shell reports it: the operator's failure policy restarts the gang
@@ -75,6 +76,7 @@ class Summary:
     save_dir: str = ""  # this attempt's output directory
     resumed_from: str = ""  # the checkpoint this attempt resumed from ("" = fresh start)
     objects_per_image: int | None = None  # measured densest training image (data-denser)
+    objects_per_image_mean: int | None = None  # the training split's mean, rounded up (same)
     # what the pre-flight found when it differs from the plan: {"model": <architecture>,
     # "nc": <classes to plan with>} (model-differs when bigger; reported when smaller)
     model_found: dict[str, Any] | None = None
@@ -105,6 +107,8 @@ def pod_fields(summaries: Sequence[Summary]) -> dict[str, Any]:
         epochs_done=max(s.epochs_done for s in ranks),
         objects_per_image=max((s.objects_per_image for s in ranks
                                if s.objects_per_image is not None), default=None),
+        objects_per_image_mean=max((s.objects_per_image_mean for s in ranks
+                                    if s.objects_per_image_mean is not None), default=None),
         model_found=next((s.model_found for s in ranks if s.model_found is not None), None),
         ranks=[[s.rank, s.peak_allocated_bytes, s.peak_reserved_bytes, s.device_total_bytes,
                 s.steps, s.exit_code] for s in ranks],

@@ -26,6 +26,7 @@ import contextlib
 import hashlib
 import importlib
 import json
+import math
 import os
 import signal
 import time
@@ -147,8 +148,10 @@ def check_inputs(cfg: TrainConfig) -> None:
 
 def check_density(cfg: TrainConfig, task: str) -> int | None:
     """The densest training image's object count (label cache or files, as `yolofit data
-    stats` reads them); DataDenser when it exceeds what the plan assumed. None for
-    classification (no objects) or a plan that assumed nothing."""
+    stats` reads them); DataDenser when it, or the training split's mean objects per image,
+    exceeds what the plan assumed (the error carries both measured figures, the mean rounded
+    up, so one re-plan takes both). None for classification (no objects) or a plan that
+    assumed nothing."""
     if task == "classify" or cfg.objects_per_image is None:
         return None
     from yolofit.estimator.density import dataset_stats
@@ -156,11 +159,18 @@ def check_density(cfg: TrainConfig, task: str) -> int | None:
     train = next((s for s in dataset_stats(cfg.data) if s.split == "train"), None)
     if train is None:
         return None
+    mean = math.ceil(train.mean)
     if train.max > cfg.objects_per_image:
         raise DataDenser(
             f"data: the densest training image holds {train.max} objects, the plan assumed "
             f"at most {cfg.objects_per_image} per image (spec.maxObjectsPerImage); re-plan "
-            f"with {train.max} ({train.source})", train.max)
+            f"with {train.max} ({train.source})", train.max, mean)
+    assumed_mean = cfg.mean_objects_per_image
+    if assumed_mean is not None and train.mean > assumed_mean:
+        raise DataDenser(
+            f"data: the training images hold {train.mean:.2f} objects on average, the plan "
+            f"assumed {assumed_mean} (spec.meanObjectsPerImage); re-plan with {mean} "
+            f"({train.source})", train.max, mean)
     return train.max
 
 
@@ -524,6 +534,7 @@ def train(
             check_density(cfg, overrides["task"])
         except DataDenser as exc:
             summary.objects_per_image = exc.objects_per_image
+            summary.objects_per_image_mean = exc.mean_objects_per_image
             raise
         overrides.update(_preflight(cfg, overrides["task"], summary))
         trainer = trainer_class(overrides["task"])(run, overrides)
