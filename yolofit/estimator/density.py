@@ -150,5 +150,6 @@ def render(stats: Sequence[SplitStats]) -> str:
     lines.append("max/sample: with mosaic (train), the sum of the 4 densest images (a mosaic "
                  "sample is cut from 4 images and never gains labels); else the densest image. "
                  "Plan with --objects set to max/img (the estimate applies mosaic x4) and "
-                 "--mean-objects to mean/img rounded up (x5/3 a mosaic sample).")
+                 "--mean-objects to mean/img rounded up (x5/3 a mosaic sample); in a "
+                 "YOLOTrainingJob, spec.maxObjectsPerImage and spec.meanObjectsPerImage.")
     return "\n".join(lines)
