@@ -20,7 +20,8 @@ import pytest
 from opfixtures import summary
 
 from yolofit.operator import kueue as kq
-from yolofit.sandbox.testing import finish_pod, wait_for
+from yolofit.sandbox.testing import finish_pod
+from yolofit.sandbox.testing import wait_for as _wait_for
 
 pytestmark = [pytest.mark.integration, pytest.mark.kueue]
 GiB = 2**30
@@ -123,6 +124,34 @@ def _has_sa(kube: Any, ns: str) -> bool:
 
 
 # ---- helpers ----
+
+DUMP: list[Callable[..., Any]] = []  # the session's kubectl, for what a timeout shows
+
+
+@pytest.fixture(autouse=True)
+def _dump_with(kubectl: Callable[..., Any]) -> Iterator[None]:
+    DUMP[:] = [kubectl]
+    yield
+    DUMP.clear()
+
+
+def wait_for(fn: Callable[[], Any], timeout: float = 30.0, what: str = "condition") -> Any:
+    """yolofit.sandbox.testing.wait_for; a timeout also shows every job's phase and message
+    and every Workload's conditions (Kueue's timing is what these tests wait on)."""
+    try:
+        return _wait_for(fn, timeout, what=what)
+    except AssertionError as exc:
+        if not DUMP:
+            raise
+        jobs = DUMP[0]("get", "ytj", "-A", "--no-headers", "-o", "custom-columns=NS:.metadata."
+                       "namespace,NAME:.metadata.name,PHASE:.status.phase,ATTEMPT:.status."
+                       "attempt,MESSAGE:.status.message", check=False).stdout
+        wls = DUMP[0]("get", "workloads.kueue.x-k8s.io", "-A", "--no-headers", "-o",
+                      "custom-columns=NS:.metadata.namespace,NAME:.metadata.name,CONDITIONS:"
+                      ".status.conditions[*].type,STATUS:.status.conditions[*].status",
+                      check=False).stdout
+        raise AssertionError(f"{exc}\njobs:\n{jobs}\nworkloads:\n{wls}") from None
+
 
 def submit(kubectl: Callable[..., Any], ns: str, name: str, nodes: int = 2, per_node: int = 4,
            queue: str | None = "lq", priority: str | None = None, **spec: Any) -> Any:
@@ -325,3 +354,4 @@ def test_admission_latency_with_and_without_kueue(
             wait_for(phase(kubectl, namespace, name, "Succeeded"), 60, what=f"{name} done")
     print("\nadmission latency (apply -> 2 pods Running), median/max s: " + ", ".join(
         f"{m}: {statistics.median(v):.2f}/{max(v):.2f}" for m, v in times.items()))
+
