@@ -55,13 +55,14 @@ class PointResult:
 
 
 def trace_point(model: Any, key: ProfileKey, batch: int, objects: int,
-                compute: str = "shape", expandable_segments: bool = True) -> PointResult:
+                compute: str = "hollow", expandable_segments: bool = True) -> PointResult:
     """Trace one (batch, objects) point of `key` on a copy of `model`."""
-    from yolofit.estimator.tracer import StepConfig, trace_training_step
+    from yolofit.estimator.tracer import StepConfig, hollow_copy, trace_training_step
 
     cfg = StepConfig(batch=batch, imgsz=key.imgsz, objects=objects, amp=key.amp,
                      optimizer=key.optimizer, checkpointing=key.checkpointing, compute=compute)
-    result = trace_training_step(copy.deepcopy(model), cfg)
+    copied = hollow_copy(model) if compute == "hollow" else copy.deepcopy(model)
+    result = trace_training_step(copied, cfg)
     main = result.replay(expandable_segments)
     other = result.replay(not expandable_segments)
     return PointResult(batch, objects, main.peak_allocated, main.peak_reserved,
@@ -144,7 +145,7 @@ def linearity(results: list[PointResult], check: PointResult) -> dict[str, float
 
 
 def build_profile(key: ProfileKey, progress: Callable[[str], None] | None = None,
-                  compute: str = "shape", expandable_segments: bool = True,
+                  compute: str = "hollow", expandable_segments: bool = True,
                   model: Any = None) -> Profile:
     """Trace `key` at the four points and fit its Profile (`model`: a prebuilt
     DetectionModel of the key's config and nc, else it is built from `key.model`)."""
