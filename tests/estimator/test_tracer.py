@@ -176,8 +176,9 @@ def test_hollow_compute_records_every_event_of_the_full_real_trace(name: str) ->
     runs = {}
     for compute in ("exact", "hollow"):
         cfg = T.StepConfig(batch=2, imgsz=64, objects=4, amp="fp16", compute=compute)
-        state = T.prepare_training(
-            T.hollow_copy(model) if compute == "hollow" else copy.deepcopy(model), cfg)
+        state = T.prepare_training(  # the hollow side builds its model hollow too
+            T.hollow_copy(T.build_hollow(name)) if compute == "hollow"
+            else copy.deepcopy(model), cfg)
         tracker = T.StorageTracker(compute)
         tracker.zero_predictions = True
         T.run_traced(state, tracker)
@@ -231,6 +232,22 @@ def test_hollow_copy_touches_no_weight_pages() -> None:
     assert grown < 40 * 2**20, grown
 
 
+@pytest.mark.parametrize("name", ["yolov8n.yaml", "yolo26n-seg.yaml"])
+def test_a_hollow_build_is_the_model_without_its_values(name: str) -> None:
+    """Same modules, parameter and buffer shapes, strides and storage sizes, and the same
+    strides the loss reads, as the real build; only the weights' values were never made."""
+    real, hollow = build_model(name), T.build_hollow(name)
+
+    def layout(m: nn.Module) -> list[object]:
+        return [(n, t.shape, t.stride(), t.untyped_storage().nbytes(), t.dtype,
+                 t.requires_grad) for n, t in [*m.named_parameters(), *m.named_buffers()]]
+
+    assert layout(hollow) == layout(real) and len(layout(real)) > 100
+    assert torch.equal(hollow.stride, real.stride)
+    assert torch.equal(hollow.model[-1].stride, real.model[-1].stride)
+    assert [type(m) for m in hollow.modules()] == [type(m) for m in real.modules()]
+
+
 def _rss() -> int:
     with open("/proc/self/status") as f:
         return next(int(line.split()[1]) * 1024 for line in f if line.startswith("VmRSS:"))
@@ -258,3 +275,16 @@ def test_dense_labels_grow_the_loss(v8n: nn.Module) -> None:
     sparse = _trace(v8n, imgsz=128, objects=4, compute="shape").replay()
     dense = _trace(v8n, imgsz=128, objects=400, compute="shape").replay()
     assert dense.peak_allocated > sparse.peak_allocated
+
+
+def test_a_model_whose_constructor_reads_initialised_values_is_built_for_real() -> None:
+    """yolo12's area-attention blocks initialise with trunc_normal_, which redraws until every
+    value is in range: a hollow build would branch on values it never made, so it stops
+    (HollowRead) and the profile's model is built as for the other modes."""
+    from yolofit.estimator import build
+    from yolofit.estimator.models import resolve
+
+    with pytest.raises(T.HollowRead, match="_local_scalar_dense"):
+        T.build_hollow("yolo12n.yaml")
+    model = build._build(resolve("yolo12n.yaml"), 80, "hollow")
+    assert all(bool(torch.isfinite(p).all()) for p in model.parameters())  # initialised

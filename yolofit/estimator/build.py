@@ -148,8 +148,21 @@ def build_profile(key: ProfileKey, progress: Callable[[str], None] | None = None
                   compute: str = "hollow", expandable_segments: bool = True,
                   model: Any = None) -> Profile:
     """Trace `key` at the four points and fit its Profile (`model`: a prebuilt
-    DetectionModel of the key's config and nc, else it is built from `key.model`)."""
-    from yolofit.estimator.models import build_model, resolve
+    DetectionModel of the key's config and nc, else it is built from `key.model`). Hollow
+    compute that meets a value it never made (HollowRead) traces in shape compute instead."""
+    from yolofit.estimator.tracer import HollowRead
+
+    if compute == "hollow":
+        try:
+            return _build_profile(key, progress, compute, expandable_segments, model)
+        except HollowRead:
+            compute = "shape"
+    return _build_profile(key, progress, compute, expandable_segments, model)
+
+
+def _build_profile(key: ProfileKey, progress: Callable[[str], None] | None, compute: str,
+                   expandable_segments: bool, model: Any) -> Profile:
+    from yolofit.estimator.models import resolve
 
     t0 = time.perf_counter()
     if model is None:
@@ -157,7 +170,7 @@ def build_profile(key: ProfileKey, progress: Callable[[str], None] | None = None
         if ref.config_hash != key.config_hash:
             raise ValueError(f"{key.model} resolves to config {ref.config_hash}, "
                              f"key says {key.config_hash}")
-        model = build_model(ref, nc=key.nc)
+        model = _build(ref, key.nc, compute)
     from yolofit.estimator.tracer import model_task
 
     task = model_task(model)
@@ -191,6 +204,21 @@ def build_profile(key: ProfileKey, progress: Callable[[str], None] | None = None
     return Profile(key=key, params=params, allocated=allocated, reserved=reserved,
                    breakdown=breakdown, traced_at=[r.to_dict() for r in results],
                    source=source, task=task, reserved_default=reserved_default)
+
+
+def _build(ref: Any, nc: int, compute: str) -> Any:
+    """The model to trace: built hollow for hollow compute (its weights' values are never
+    read), unless its constructor decides something from an initialised value (yolo12's
+    trunc_normal_ init): then built for real, as for the other modes."""
+    from yolofit.estimator.models import build_model
+    from yolofit.estimator.tracer import HollowRead, build_hollow
+
+    if compute == "hollow":
+        try:
+            return build_hollow(ref, nc=nc)
+        except HollowRead:
+            pass
+    return build_model(ref, nc=nc)
 
 
 def _not_below(reserved: Terms, allocated: Terms) -> Terms:

@@ -52,8 +52,8 @@ Where CPU and CUDA differ (what the trace can not see, or sees differently):
   allocates nothing the trace could see, and its written arguments become hollow. Only the
   loss runs for real, from predictions zeroed first (`make_real`), as in shape compute, and
   the GradScaler's found_inf keeps 0 (what zero gradients give). An op that would take a
-  size or a branch from a hollow value (`.item()`, nonzero, unique) is recorded in
-  `hollow_reads`; the tests require it empty and the event stream equal to shape compute's.
+  size or a branch from a hollow value (`.item()`, nonzero, unique) raises HollowRead (and
+  is recorded in `hollow_reads`); `build.build_profile` then traces in shape compute.
   Host memory is then the interpreter, the loss of one batch and the model's small tensors:
   it no longer grows with the model's parameter count.
 """
@@ -97,6 +97,10 @@ PHASE_CATEGORY = {
 SHAPE_PHASES = frozenset({"forward", "backward", "validation"})
 
 
+class HollowRead(RuntimeError):
+    """A value that was never computed would have decided a size or a branch."""
+
+
 @dataclass
 class Event:
     alloc: bool
@@ -119,6 +123,7 @@ class StorageTracker(TorchDispatchMode):
         self.hollow_reads: list[str] = []  # ops that read a hollow value (must stay empty)
         self._force_real = False
         self._all_hollow = False
+        self._hollow_empty = False
         # The loss reads zeroed predictions in shape and hollow compute (their values were
         # never computed); an exact trace can be asked to do the same, to compare with them.
         self.zero_predictions = self.shape_only
@@ -209,6 +214,16 @@ class StorageTracker(TorchDispatchMode):
                 self.hollow.discard(sid if sid is not None else -1)
 
     @contextlib.contextmanager
+    def hollow_empty(self) -> Iterator[None]:
+        """In this block, what `torch.empty` makes is hollow (uninitialised in any mode):
+        writes into it are then not run, and ops that read it are answered from shapes."""
+        previous, self._hollow_empty = self._hollow_empty, self.hollow_mode
+        try:
+            yield
+        finally:
+            self._hollow_empty = previous
+
+    @contextlib.contextmanager
     def all_hollow(self) -> Iterator[None]:
         """In hollow compute, every functional op in this block is answered from shapes."""
         previous, self._all_hollow = self._all_hollow, self.hollow_mode
@@ -241,8 +256,10 @@ class StorageTracker(TorchDispatchMode):
             out = self._hollow_mutation(func, args, kwargs)
             if out is _NOT_DONE:  # computed for real from meaningless values: so is its result
                 meta = not self._is_view(func)
-                if func in _ALWAYS_REAL:  # a size or a branch taken from them: must not happen
+                if func in _ALWAYS_REAL:  # a size or a branch taken from garbage: stop
                     self.hollow_reads.append(str(func))
+                    raise HollowRead(f"{func} read a value hollow compute never made (phase "
+                                     f"{self.phase})")
         if out is _NOT_DONE:
             out = func(*args, **kwargs)
         aliasing = not self._returns_new(func)
@@ -251,7 +268,8 @@ class StorageTracker(TorchDispatchMode):
                 if aliasing and t.untyped_storage()._cdata not in self.live:
                     continue  # a view or in-place result of a storage older than the trace
                 sid = self.track(t)
-                if meta and self.hollow_mode and sid is not None:  # never computed
+                if ((meta and self.hollow_mode) or (self._hollow_empty and func in _EMPTY)) \
+                        and sid is not None:  # never computed
                     self.hollow.add(sid)
         return out
 
@@ -317,6 +335,7 @@ class StorageTracker(TorchDispatchMode):
 
 
 _NOT_DONE = object()
+_EMPTY = frozenset({aten.empty.memory_format, aten.empty_strided.default})
 COMPUTE_MODES = ("exact", "shape", "hollow")
 # Skipped with hollow gradients, these leave their flag argument as it was: the GradScaler's
 # found_inf stays 0, which is what zero (finite) gradients give.
@@ -777,6 +796,20 @@ def _zero_(tree: Any) -> None:
         for t in tree_flatten(tree)[0]:
             if isinstance(t, torch.Tensor) and t.dtype.is_floating_point:
                 t.data.zero_()  # .data: no version bump for autograd
+
+
+def build_hollow(ref: Any, nc: int = 80) -> Any:
+    """`models.build_model` with hollow parameters and buffers (see `hollow_copy`): their
+    initialisation, and the shape-finding forward the model runs in its constructor, are
+    not computed (seconds and hundreds of MiB for an x model); the strides, and every
+    value the constructor decides with, are computed as before."""
+    from yolofit.estimator.models import build_model
+
+    tracker = StorageTracker("hollow")
+    tracker.recording = False
+    with tracker, tracker.hollow_empty():  # raises HollowRead (e.g. yolo12's trunc_normal_
+        model = build_model(ref, nc=nc)   # init redraws until a drawn value is in range)
+    return model
 
 
 def hollow_copy(model: torch.nn.Module) -> Any:
