@@ -148,14 +148,109 @@ def test_peak_agrees_with_torch_profiler(v8n: nn.Module, imgsz: int, amp: str) -
     assert abs(prof_end - ours_end) < 1024
 
 
-@pytest.mark.slow  # a real exact-compute trace next to the shape-only one
-def test_shape_compute_has_the_same_memory_events_as_exact(v8n: nn.Module) -> None:
+@pytest.mark.slow  # a real exact-compute trace next to the shape-only and hollow ones
+def test_shape_and_hollow_compute_have_the_same_memory_events_as_exact(v8n: nn.Module) -> None:
     exact = _trace(v8n, imgsz=128, amp="fp16", compute="exact")
     shape = _trace(v8n, imgsz=128, amp="fp16", compute="shape")
+    hollow = _trace(v8n, imgsz=128, amp="fp16", compute="hollow")
+    assert hollow.tracker.hollow_reads == []
     for expandable in (False, True):
-        a, b = exact.replay(expandable), shape.replay(expandable)
+        a, b, c = (r.replay(expandable) for r in (exact, shape, hollow))
+        assert (a.peak_allocated, a.peak_reserved, a.breakdown) == (
+            b.peak_allocated, b.peak_reserved, b.breakdown) == (
+            c.peak_allocated, c.peak_reserved, c.breakdown)
+    # Exact compute's loss sees other prediction values (not zeroed), so the foreground
+    # anchors the assigner picks, and a few tensors of a few hundred bytes, differ from it;
+    # against shape compute, which zeroes the same predictions, the stream is the same.
+    assert _events(hollow.tracker) == _events(shape.tracker)
+
+
+@pytest.mark.slow  # a full real training step (every value computed) per model
+@pytest.mark.parametrize("name", ["yolov8n.yaml", "yolo11n.yaml"])  # yolo11: attention
+def test_hollow_compute_records_every_event_of_the_full_real_trace(name: str) -> None:
+    """The proof of hollow compute: the same storage events, in the same order, as a trace
+    that computes every value, when both give the loss the same (zeroed) predictions."""
+    import copy
+
+    model = build_model(name)
+    runs = {}
+    for compute in ("exact", "hollow"):
+        cfg = T.StepConfig(batch=2, imgsz=64, objects=4, amp="fp16", compute=compute)
+        state = T.prepare_training(  # the hollow side builds its model hollow too
+            T.hollow_copy(T.build_hollow(name)) if compute == "hollow"
+            else copy.deepcopy(model), cfg)
+        tracker = T.StorageTracker(compute)
+        tracker.zero_predictions = True
+        T.run_traced(state, tracker)
+        runs[compute] = tracker
+    assert runs["hollow"].hollow_reads == []
+    assert _events(runs["hollow"]) == _events(runs["exact"])
+    for expandable in (False, True):
+        a, b = (T.replay(runs[c], expandable) for c in ("exact", "hollow"))
         assert (a.peak_allocated, a.peak_reserved, a.breakdown) == (
             b.peak_allocated, b.peak_reserved, b.breakdown)
+
+
+def _events(tracker: T.StorageTracker) -> list[object]:
+    """The event stream as (size, phase, category), with the frees that happen between two
+    allocations as a sorted group: objects freed together (autocast's cache at its exit, a
+    dict of locals) go in an order of addresses, which no allocator decision depends on."""
+    out: list[object] = []
+    frees: list[tuple[int, str, str]] = []
+    for ev in tracker.events:
+        item = (ev.nbytes, ev.phase, tracker.category[ev.sid])
+        if ev.alloc:
+            out += [sorted(frees), item]
+            frees = []
+        else:
+            frees.append(item)
+    return [*out, sorted(frees)]
+
+
+@pytest.mark.parametrize("optimizer,amp", [("AdamW", "fp16"), pytest.param(
+    "SGD", "off", marks=pytest.mark.slow), pytest.param("MuSGD", "bf16", marks=pytest.mark.slow)])
+def test_hollow_compute_records_the_events_of_shape_compute(v8n: nn.Module, optimizer: str,
+                                                            amp: str) -> None:
+    """Hollow compute skips the weights', gradients', optimizer state's and EMA's values and
+    the batch image's; every storage event stays where shape compute has it."""
+    shape = _trace(v8n, optimizer=optimizer, amp=amp, compute="shape")
+    hollow = _trace(v8n, optimizer=optimizer, amp=amp, compute="hollow")
+    assert hollow.tracker.hollow_reads == []
+    assert _events(hollow.tracker) == _events(shape.tracker)
+    assert len(hollow.tracker.events) == len(shape.tracker.events) > 5000
+
+
+def test_hollow_copy_touches_no_weight_pages() -> None:
+    """A hollow copy of a 26M-parameter model (100 MiB of weights) costs no resident memory:
+    its storages are allocated with the same sizes and never written."""
+    model = build_model("yolov8m.yaml")
+    before = _rss()
+    copies = [T.hollow_copy(model) for _ in range(4)]  # 400 MiB if the pages were written
+    grown = _rss() - before
+    sizes = [[p.untyped_storage().nbytes() for p in m.parameters()] for m in (model, *copies)]
+    assert all(s == sizes[0] for s in sizes)
+    assert grown < 40 * 2**20, grown
+
+
+@pytest.mark.parametrize("name", ["yolov8n.yaml", "yolo26n-seg.yaml"])
+def test_a_hollow_build_is_the_model_without_its_values(name: str) -> None:
+    """Same modules, parameter and buffer shapes, strides and storage sizes, and the same
+    strides the loss reads, as the real build; only the weights' values were never made."""
+    real, hollow = build_model(name), T.build_hollow(name)
+
+    def layout(m: nn.Module) -> list[object]:
+        return [(n, t.shape, t.stride(), t.untyped_storage().nbytes(), t.dtype,
+                 t.requires_grad) for n, t in [*m.named_parameters(), *m.named_buffers()]]
+
+    assert layout(hollow) == layout(real) and len(layout(real)) > 100
+    assert torch.equal(hollow.stride, real.stride)
+    assert torch.equal(hollow.model[-1].stride, real.model[-1].stride)
+    assert [type(m) for m in hollow.modules()] == [type(m) for m in real.modules()]
+
+
+def _rss() -> int:
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) * 1024 for line in f if line.startswith("VmRSS:"))
 
 
 def test_breakdown_sums_to_peak_and_peak_is_in_training(v8n: nn.Module) -> None:
@@ -180,3 +275,16 @@ def test_dense_labels_grow_the_loss(v8n: nn.Module) -> None:
     sparse = _trace(v8n, imgsz=128, objects=4, compute="shape").replay()
     dense = _trace(v8n, imgsz=128, objects=400, compute="shape").replay()
     assert dense.peak_allocated > sparse.peak_allocated
+
+
+def test_a_model_whose_constructor_reads_initialised_values_is_built_for_real() -> None:
+    """yolo12's area-attention blocks initialise with trunc_normal_, which redraws until every
+    value is in range: a hollow build would branch on values it never made, so it stops
+    (HollowRead) and the profile's model is built as for the other modes."""
+    from yolofit.estimator import build
+    from yolofit.estimator.models import resolve
+
+    with pytest.raises(T.HollowRead, match="_local_scalar_dense"):
+        T.build_hollow("yolo12n.yaml")
+    model = build._build(resolve("yolo12n.yaml"), 80, "hollow")
+    assert all(bool(torch.isfinite(p).all()) for p in model.parameters())  # initialised

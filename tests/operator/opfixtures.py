@@ -15,6 +15,8 @@ __all__ = ["build_profile", "make_profiles", "make_two_models", "pol", "spec", "
 GiB = 2**30
 MiB = 2**20
 FAILING_NC = 13  # build_profile fails for this class count (the ProfilingFailed path)
+HOG_NC = 14  # build_profile touches memory until it is stopped (the budget's path)
+HANG_NC = 15  # build_profile waits until it is killed (the killed-worker path)
 
 
 def build_profile(key: ProfileKey) -> Profile:
@@ -24,6 +26,13 @@ def build_profile(key: ProfileKey) -> Profile:
     import time
 
     time.sleep(1.0)
+    if key.nc == HOG_NC:
+        held = []
+        for _ in range(64):  # up to 4 GiB, 64 MiB every 50 ms, every page written
+            held.append(bytearray(64 * MiB))
+            time.sleep(0.05)
+    if key.nc == HANG_NC:
+        time.sleep(3600)
     if key.nc == FAILING_NC:
         raise RuntimeError(f"tracer crashed on {key.model} with {key.nc} classes (test builder)")
     per_sample = int(150 * MiB * (0.5 if key.checkpointing else 1.0))

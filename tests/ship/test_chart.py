@@ -114,6 +114,31 @@ def test_operator_args_and_env_are_ones_the_operator_accepts(render: Render) -> 
     assert ours <= settings, f"not operator settings: {sorted(ours - settings)}"
 
 
+def test_trace_budget_and_memory_limit_come_from_one_value(render: Render) -> None:
+    """The operator kills a trace worker above its budget; the container's limit is the
+    budget plus the operator's own share, so the budget, not the OOM killer, stops a trace."""
+    from yolofit.operator.settings import OperatorSettings
+    from yolofit.units import parse_bytes
+
+    def container(*args: str) -> dict[str, Any]:
+        deploy = one(render(*args), "Deployment")
+        (c,) = deploy["spec"]["template"]["spec"]["containers"]
+        return c
+
+    for args, budget, limit in (((), "3072Mi", 4096 * 2**20),
+                                (("--set", "profiling.memoryBudgetMiB=6144"), "6144Mi",
+                                 7168 * 2**20),
+                                (("--set", "resources.limits.memory=10Gi"), "3072Mi",
+                                 10 * 2**30)):
+        c = container(*args)
+        env = {e["name"]: e.get("value") for e in c["env"]}
+        assert env["YOLOFIT_OPERATOR_TRACE_MEMORY_BUDGET"] == budget
+        settings = OperatorSettings(trace_memory_budget=budget)
+        assert settings.trace_memory_budget_bytes == parse_bytes(budget)
+        assert parse_bytes(c["resources"]["limits"]["memory"]) == limit
+        assert limit - parse_bytes(budget) >= 1024 * 2**20  # room for the operator itself
+
+
 def test_two_replicas_coordinate_through_a_kopf_peering(render: Render) -> None:
     objects = render("--include-crds")
     crds = {c["metadata"]["name"] for c in by_kind(objects, "CustomResourceDefinition")}

@@ -86,16 +86,17 @@ class PointResult:
 
 
 def trace_point(model: Any, key: ProfileKey, batch: int, objects: int,
-                compute: str = "shape", expandable_segments: bool = True,
+                compute: str = "hollow", expandable_segments: bool = True,
                 densest: int | None = None) -> PointResult:
     """Trace one (batch, objects) point of `key` on a copy of `model`; with `densest`, the
     first sample holds `densest` labels and the others `objects`."""
-    from yolofit.estimator.tracer import StepConfig, trace_training_step
+    from yolofit.estimator.tracer import StepConfig, hollow_copy, trace_training_step
 
     cfg = StepConfig(batch=batch, imgsz=key.imgsz, objects=objects, amp=key.amp,
                      optimizer=key.optimizer, checkpointing=key.checkpointing, compute=compute,
                      densest=densest)
-    result = trace_training_step(copy.deepcopy(model), cfg)
+    copied = hollow_copy(model) if compute == "hollow" else copy.deepcopy(model)
+    result = trace_training_step(copied, cfg)
     main = result.replay(expandable_segments)
     other = result.replay(not expandable_segments)
     most, mean = objects, None
@@ -193,11 +194,24 @@ def linearity(results: list[PointResult], check: PointResult) -> dict[str, float
 
 
 def build_profile(key: ProfileKey, progress: Callable[[str], None] | None = None,
-                  compute: str = "shape", expandable_segments: bool = True,
+                  compute: str = "hollow", expandable_segments: bool = True,
                   model: Any = None) -> Profile:
     """Trace `key` at the four points and fit its Profile (`model`: a prebuilt
-    DetectionModel of the key's config and nc, else it is built from `key.model`)."""
-    from yolofit.estimator.models import build_model, resolve
+    DetectionModel of the key's config and nc, else it is built from `key.model`). Hollow
+    compute that meets a value it never made (HollowRead) traces in shape compute instead."""
+    from yolofit.estimator.tracer import HollowRead
+
+    if compute == "hollow":
+        try:
+            return _build_profile(key, progress, compute, expandable_segments, model)
+        except HollowRead:
+            compute = "shape"
+    return _build_profile(key, progress, compute, expandable_segments, model)
+
+
+def _build_profile(key: ProfileKey, progress: Callable[[str], None] | None, compute: str,
+                   expandable_segments: bool, model: Any) -> Profile:
+    from yolofit.estimator.models import resolve
 
     t0 = time.perf_counter()
     if model is None:
@@ -205,7 +219,7 @@ def build_profile(key: ProfileKey, progress: Callable[[str], None] | None = None
         if ref.config_hash != key.config_hash:
             raise ValueError(f"{key.model} resolves to config {ref.config_hash}, "
                              f"key says {key.config_hash}")
-        model = build_model(ref, nc=key.nc)
+        model = _build(ref, key.nc, compute)
     from yolofit.estimator.tracer import model_task
 
     task = model_task(model)
@@ -244,6 +258,21 @@ def build_profile(key: ProfileKey, progress: Callable[[str], None] | None = None
     return Profile(key=key, params=params, allocated=allocated, reserved=reserved,
                    breakdown=breakdown, traced_at=[r.to_dict() for r in results],
                    source=source, task=task, reserved_default=reserved_default)
+
+
+def _build(ref: Any, nc: int, compute: str) -> Any:
+    """The model to trace: built hollow for hollow compute (its weights' values are never
+    read), unless its constructor decides something from an initialised value (yolo12's
+    trunc_normal_ init): then built for real, as for the other modes."""
+    from yolofit.estimator.models import build_model
+    from yolofit.estimator.tracer import HollowRead, build_hollow
+
+    if compute == "hollow":
+        try:
+            return build_hollow(ref, nc=nc)
+        except HollowRead:
+            pass
+    return build_model(ref, nc=nc)
 
 
 def _ultralytics_version() -> str:

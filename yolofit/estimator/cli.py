@@ -157,6 +157,9 @@ def trace_and_store(store: ProfileStore, key: ProfileKey, model: str | None = No
     """Trace `key` once (first use of a model configuration), cache it, return it. `model`
     is the path the user gave when it is a local file (the key holds only its stem)."""
     _progress(f"no profile for {key.id}; tracing one training step on CPU (once, then cached)")
+    from yolofit.estimator.trace_worker import limit_heap_retention
+
+    limit_heap_retention()  # this process exists to trace now: keep its heap from growing
     extra: dict[str, Any] = {}
     with _stdout_to_stderr():
         if model is not None and Path(model).is_file():

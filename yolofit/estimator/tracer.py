@@ -42,11 +42,26 @@ Where CPU and CUDA differ (what the trace can not see, or sees differently):
   for real, with predictions and gradients zeroed first so values are deterministic.
   Storage events are the same (a test checks it); values differ, which could change only the
   loss's data-dependent sizes (foreground anchors the assigner picks: tensors of a few KiB).
+- With `compute="hollow"` (the default), nothing whose value no decision reads is computed or
+  even backed by touched pages: the weights, the EMA copy (`hollow_copy`: uninitialised
+  storages of the same sizes), the batch image, activations, gradients and optimizer state
+  are *hollow* (the tracker keeps their storage ids). A functional op that reads a hollow
+  tensor is answered by its meta kernel (hollow result); an op that writes into its
+  arguments and reads a hollow one (`_foreach_lerp_` of the EMA, fused AdamW, the
+  GradScaler's unscale, gradient clipping's `_foreach_mul_`) is not run at all: it
+  allocates nothing the trace could see, and its written arguments become hollow. Only the
+  loss runs for real, from predictions zeroed first (`make_real`), as in shape compute, and
+  the GradScaler's found_inf keeps 0 (what zero gradients give). An op that would take a
+  size or a branch from a hollow value (`.item()`, nonzero, unique) raises HollowRead (and
+  is recorded in `hollow_reads`); `build.build_profile` then traces in shape compute.
+  Host memory is then the interpreter, the loss of one batch and the model's small tensors:
+  it no longer grows with the model's parameter count.
 """
 
 from __future__ import annotations
 
 import contextlib
+import copy
 import time
 import weakref
 from collections.abc import Callable, Iterator
@@ -83,6 +98,10 @@ PHASE_CATEGORY = {
 SHAPE_PHASES = frozenset({"forward", "backward", "validation"})
 
 
+class HollowRead(RuntimeError):
+    """A value that was never computed would have decided a size or a branch."""
+
+
 @dataclass
 class Event:
     alloc: bool
@@ -96,9 +115,19 @@ class StorageTracker(TorchDispatchMode):
 
     def __init__(self, compute: str = "exact") -> None:
         super().__init__()
-        if compute not in ("exact", "shape"):
-            raise ValueError(f"compute must be 'exact' or 'shape', not {compute!r}")
-        self.shape_only = compute == "shape"
+        if compute not in COMPUTE_MODES:
+            raise ValueError(f"compute must be one of {', '.join(COMPUTE_MODES)}, not "
+                             f"{compute!r}")
+        self.shape_only = compute in ("shape", "hollow")
+        self.hollow_mode = compute == "hollow"
+        self.hollow: set[int] = set()  # sids whose values mean nothing (pages never touched)
+        self.hollow_reads: list[str] = []  # ops that read a hollow value (must stay empty)
+        self._force_real = False
+        self._all_hollow = False
+        self._hollow_empty = False
+        # The loss reads zeroed predictions in shape and hollow compute (their values were
+        # never computed); an exact trace can be asked to do the same, to compare with them.
+        self.zero_predictions = self.shape_only
         self._functional: dict[Any, bool] = {}
         self._fresh: dict[Any, bool] = {}
         self.events: list[Event] = []
@@ -154,7 +183,55 @@ class StorageTracker(TorchDispatchMode):
     def _on_free(self, key: int, sid: int) -> None:
         if self.live.get(key) == sid:
             del self.live[key]
+            self.hollow.discard(sid)
             self._emit(False, sid)
+
+    def mark_hollow(self, tensors: Any) -> None:
+        """Declare the values of these (tracked) tensors meaningless: ops that read them
+        are answered from shapes only (see `__torch_dispatch__`)."""
+        for t in tree_flatten(tensors)[0]:
+            if isinstance(t, torch.Tensor) and t.device.type != "meta":
+                sid = self.live.get(t.untyped_storage()._cdata)
+                if sid is not None:
+                    self.hollow.add(sid)
+
+    def _is_hollow(self, t: torch.Tensor) -> bool:
+        if t.device.type == "meta":
+            return False
+        sid = self.live.get(t.untyped_storage()._cdata)
+        return sid is not None and sid in self.hollow
+
+    def make_real(self, tensors: Any) -> None:
+        """Zero these tensors for real (their values are read next) and drop them from the
+        hollow set: `_zero_` before the loss and the optimizer."""
+        previous, self._force_real = self._force_real, True
+        try:
+            _zero_(tensors)
+        finally:
+            self._force_real = previous
+        for t in tree_flatten(tensors)[0]:
+            if isinstance(t, torch.Tensor) and t.device.type != "meta":
+                sid = self.live.get(t.untyped_storage()._cdata)
+                self.hollow.discard(sid if sid is not None else -1)
+
+    @contextlib.contextmanager
+    def hollow_empty(self) -> Iterator[None]:
+        """In this block, what `torch.empty` makes is hollow (uninitialised in any mode):
+        writes into it are then not run, and ops that read it are answered from shapes."""
+        previous, self._hollow_empty = self._hollow_empty, self.hollow_mode
+        try:
+            yield
+        finally:
+            self._hollow_empty = previous
+
+    @contextlib.contextmanager
+    def all_hollow(self) -> Iterator[None]:
+        """In hollow compute, every functional op in this block is answered from shapes."""
+        previous, self._all_hollow = self._all_hollow, self.hollow_mode
+        try:
+            yield
+        finally:
+            self._all_hollow = previous
 
     @contextlib.contextmanager
     def in_phase(self, phase: str) -> Iterator[None]:
@@ -168,8 +245,22 @@ class StorageTracker(TorchDispatchMode):
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # type: ignore[no-untyped-def]
         kwargs = kwargs or {}
         out = _NOT_DONE
-        if self.shape_only and self.phase in SHAPE_PHASES and self._is_functional(func):
-            out = _shape_only(func, args, kwargs)
+        hollow_in = self.hollow_mode and not self._force_real and self._reads_hollow(args,
+                                                                                     kwargs)
+        meta = False
+        if (self.shape_only and not self._force_real
+                and (hollow_in or self._all_hollow or self.phase in SHAPE_PHASES)
+                and self._is_functional(func)):
+            out = _shape_only(func, args, kwargs, self.hollow_mode)
+            meta = out is not _NOT_DONE
+        if out is _NOT_DONE and hollow_in:
+            out = self._hollow_mutation(func, args, kwargs)
+            if out is _NOT_DONE:  # computed for real from meaningless values: so is its result
+                meta = not self._is_view(func)
+                if func in _ALWAYS_REAL:  # a size or a branch taken from garbage: stop
+                    self.hollow_reads.append(str(func))
+                    raise HollowRead(f"{func} read a value hollow compute never made (phase "
+                                     f"{self.phase})")
         if out is _NOT_DONE:
             out = func(*args, **kwargs)
         aliasing = not self._returns_new(func)
@@ -177,8 +268,49 @@ class StorageTracker(TorchDispatchMode):
             if isinstance(t, torch.Tensor):
                 if aliasing and t.untyped_storage()._cdata not in self.live:
                     continue  # a view or in-place result of a storage older than the trace
-                self.track(t)
+                sid = self.track(t)
+                if ((meta and self.hollow_mode) or (self._hollow_empty and func in _EMPTY)) \
+                        and sid is not None:  # never computed
+                    self.hollow.add(sid)
         return out
+
+    def _reads_hollow(self, args: Any, kwargs: Any) -> bool:
+        if not self.hollow:
+            return False
+        return any(isinstance(t, torch.Tensor) and self._is_hollow(t)
+                   for t in tree_flatten((args, kwargs))[0])
+
+    def _hollow_mutation(self, func: Any, args: Any, kwargs: Any) -> Any:
+        """An op that writes into its arguments and reads a hollow value is not run (it
+        allocates no storage the trace could see; kernels' internal scratch is not traced in
+        any mode): the written arguments become hollow and their aliases are returned. Views
+        (no write) run as they are: they read metadata only."""
+        schema = func._schema
+        written = [a for a in schema.arguments if a.alias_info is not None
+                   and a.alias_info.is_write]
+        if not written or func in _ALWAYS_REAL:
+            return _NOT_DONE
+        bound = _bind(schema, args, kwargs)
+        for a in written:
+            if func not in _KEEPS_FLAGS or str(a.type).startswith("Tensor[]"):
+                self.mark_hollow(bound.get(a.name))
+        outs = []
+        for r in schema.returns:
+            match = [a for a in written if r.alias_info is not None
+                     and a.alias_info.before_set == r.alias_info.before_set]
+            if not match:
+                return _NOT_DONE  # a fresh output too: not a pure mutation
+            outs.append(bound.get(match[0].name))
+        if not outs:
+            return None
+        return outs[0] if len(outs) == 1 else tuple(outs)
+
+    def _is_view(self, func: Any) -> bool:
+        """Returns aliases of its inputs and writes none: reads metadata, not values."""
+        schema = func._schema
+        return (bool(schema.returns) and all(r.alias_info is not None for r in schema.returns)
+                and not any(a.alias_info is not None and a.alias_info.is_write
+                            for a in schema.arguments))
 
     def _returns_new(self, func: Any) -> bool:
         new = self._fresh.get(func)
@@ -191,31 +323,55 @@ class StorageTracker(TorchDispatchMode):
         ok = self._functional.get(func)
         if ok is None:
             schema = func._schema
+            # (hollow compute: also the _foreach_ ops, whose lists of results are fresh)
+            lists = ("List[Tensor]",) if self.hollow_mode and schema.name.startswith(
+                "aten::_foreach_") else ()
             ok = (all(r.alias_info is None for r in schema.returns)
                   and bool(schema.returns)
-                  and all(str(r.type) in ("Tensor", "Tensor[]") for r in schema.returns)
+                  and all(str(r.type) in ("Tensor", "Tensor[]", *lists)
+                          for r in schema.returns)
                   and func not in _ALWAYS_REAL)
             self._functional[func] = ok
         return ok
 
 
 _NOT_DONE = object()
+_EMPTY = frozenset({aten.empty.memory_format, aten.empty_strided.default})
+COMPUTE_MODES = ("exact", "shape", "hollow")
+# Skipped with hollow gradients, these leave their flag argument as it was: the GradScaler's
+# found_inf stays 0, which is what zero (finite) gradients give.
+_KEEPS_FLAGS = frozenset({aten._amp_foreach_non_finite_check_and_unscale_.default})
+
+
+def _bind(schema: Any, args: Any, kwargs: Any) -> dict[str, Any]:
+    bound = dict(zip((a.name for a in schema.arguments), args, strict=False))
+    bound.update(kwargs)
+    return bound
 # Ops whose result the host reads or whose meta kernel would not tell the truth.
 _ALWAYS_REAL = frozenset({aten._local_scalar_dense.default, aten.nonzero.default,
                           aten.unique_consecutive.default, aten._unique2.default,
                           aten.masked_select.default})
 
 
-def _shape_only(func: Any, args: Any, kwargs: Any) -> Any:
+def _shape_only(func: Any, args: Any, kwargs: Any, hollow: bool = False) -> Any:
     """Outputs from the meta kernel, materialised uninitialised: `empty` never touches the
     pages, so a GiB of activations costs neither memset time nor resident memory. The
     values that matter downstream are made deterministic by `_zero_` (predictions before
-    the loss, gradients before the optimizer)."""
+    the loss, gradients before the optimizer). `hollow`: an explicit `device=` (a copy
+    to the CPU) is asked of the meta device too."""
     margs, mkwargs = tree_map_only(torch.Tensor, lambda t: t.to("meta"), (args, kwargs))
+    if hollow and "device" in mkwargs:
+        mkwargs["device"] = torch.device("meta")
     try:
         out = func(*margs, **mkwargs)
     except Exception:  # data-dependent output shape or no meta kernel: compute it
         return _NOT_DONE
+    if hollow:  # a view its schema does not declare (_unsafe_view): run it, it is free
+        inputs = {t.untyped_storage()._cdata for t in tree_flatten((margs, mkwargs))[0]
+                  if isinstance(t, torch.Tensor)}
+        if any(isinstance(t, torch.Tensor) and t.untyped_storage()._cdata in inputs
+               for t in tree_flatten(out)[0]):
+            return _NOT_DONE
     return tree_map_only(
         torch.Tensor,
         lambda m: torch.empty_strided(m.size(), m.stride(), dtype=m.dtype), out)
@@ -290,7 +446,7 @@ class StepConfig:
     # steps again. The peak of an accumulating iteration is the conservative one.
     iterations: int = 3
     validate: bool = True
-    compute: str = "shape"  # shape | exact
+    compute: str = "hollow"  # hollow | shape | exact (see the module doc)
     seed: int = 0
 
 
@@ -472,15 +628,22 @@ def _box_masks(xy: torch.Tensor, wh: torch.Tensor, counts: list[int], h: int, w:
     return out
 
 
-def _to_device(host: dict[str, torch.Tensor], half: bool) -> dict[str, torch.Tensor]:
+def _to_device(host: dict[str, torch.Tensor], half: bool,
+               tracker: StorageTracker | None = None) -> dict[str, torch.Tensor]:
     """`preprocess_batch`: H2D copies (new device storages), then img.float()/255 (classify:
-    the host image is already a normalised float tensor, only copied)."""
-    batch = {k: v.clone() for k, v in host.items()}  # the device copies
+    the host image is already a normalised float tensor, only copied). In hollow compute
+    the image's copies are made from shapes only: only the forward reads them."""
+    hollow = tracker.all_hollow if tracker is not None else contextlib.nullcontext
+    batch = {}
+    for k, v in host.items():  # the device copies, in the collated order
+        with hollow() if k == "img" else contextlib.nullcontext():
+            batch[k] = v.clone()
     img = batch["img"]
-    if img.dtype == torch.uint8:
-        batch["img"] = (img.half() if half else img.float()) / 255
-    elif half:
-        batch["img"] = img.half()
+    with hollow():
+        if img.dtype == torch.uint8:
+            batch["img"] = (img.half() if half else img.float()) / 255
+        elif half:
+            batch["img"] = img.half()
     return batch
 
 
@@ -516,7 +679,13 @@ def prepare_training(model: torch.nn.Module, cfg: StepConfig) -> TrainState:
         from yolofit.estimator.checkpointing import apply_checkpointing
 
         apply_checkpointing(model)
-    ema = ModelEMA(model)
+    if cfg.compute == "hollow":  # the EMA's values are never read: no copy of the weights
+        ema = ModelEMA(torch.nn.Module())
+        ema.ema = hollow_copy(model).eval()
+        for p in ema.ema.parameters():
+            p.requires_grad_(False)
+    else:
+        ema = ModelEMA(model)
     optimizer = build_optimizer(model, cfg.optimizer)
     # The scale's value does not change memory; 1.0 keeps fp16 grads finite so every
     # optimizer (also non-fused SGD, which GradScaler skips on inf) builds its state.
@@ -561,6 +730,9 @@ def run_traced(state: TrainState, tracker: StorageTracker,
         tracker.track(t, "weights")
     for t in list(state.ema.ema.parameters()) + list(state.ema.ema.buffers()):
         tracker.track(t, "ema")
+    if tracker.hollow_mode:  # their values feed only ops answered from shapes (module doc)
+        tracker.mark_hollow(list(state.model.parameters()) + list(state.model.buffers())
+                            + list(state.ema.ema.parameters()) + list(state.ema.ema.buffers()))
     tracker.phase = "step"
     analytic: dict[str, int] = {}
     with tracker, _assigner_phase(tracker):
@@ -600,12 +772,12 @@ def _train_iteration(model: Any, ema: Any, optimizer: torch.optim.Optimizer,
                      ) -> dict[str, int]:
     with _autocast(cfg.amp):
         with tracker.in_phase("batch"):
-            batch = _to_device(host, half=False)
+            batch = _to_device(host, half=False, tracker=tracker)
         with tracker.in_phase("forward"):
             preds = model(batch["img"])
         with tracker.in_phase("loss"):
-            if tracker.shape_only:
-                _zero_(preds)
+            if tracker.zero_predictions:
+                tracker.make_real(preds)
             loss, items = model.loss(batch, preds)
             del preds
             total = loss.sum()
@@ -618,7 +790,7 @@ def _train_iteration(model: Any, ema: Any, optimizer: torch.optim.Optimizer,
         del batch, loss, items, total
         return analytic
     with tracker.in_phase("optimizer"):
-        if tracker.shape_only:
+        if tracker.shape_only and not tracker.hollow_mode:  # hollow: the step is not run
             _zero_([p.grad for p in model.parameters() if p.grad is not None])
         scaler.unscale_(optimizer)
         torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm=10.0)
@@ -642,12 +814,12 @@ def _validation_batch(ema: Any, host: dict[str, torch.Tensor], cfg: StepConfig,
     half = cfg.amp != "off"
     with tracker.in_phase("validation"), torch.inference_mode():
         with tracker.in_phase("validation_batch"):
-            batch = _to_device(host, half=half)
+            batch = _to_device(host, half=half, tracker=tracker)
         with _autocast("fp16" if half else "off"):
             preds = model(batch["img"])
             with tracker.in_phase("validation_loss"):
-                if tracker.shape_only:
-                    _zero_(preds)
+                if tracker.zero_predictions:
+                    tracker.make_real(preds)
                 model.loss(batch, preds)
         del preds, batch
 
@@ -658,6 +830,35 @@ def _zero_(tree: Any) -> None:
         for t in tree_flatten(tree)[0]:
             if isinstance(t, torch.Tensor) and t.dtype.is_floating_point:
                 t.data.zero_()  # .data: no version bump for autograd
+
+
+def build_hollow(ref: Any, nc: int = 80) -> Any:
+    """`models.build_model` with hollow parameters and buffers (see `hollow_copy`): their
+    initialisation, and the shape-finding forward the model runs in its constructor, are
+    not computed (seconds and hundreds of MiB for an x model); the strides, and every
+    value the constructor decides with, are computed as before."""
+    from yolofit.estimator.models import build_model
+
+    tracker = StorageTracker("hollow")
+    tracker.recording = False
+    with tracker, tracker.hollow_empty():  # raises HollowRead (e.g. yolo12's trunc_normal_
+        model = build_model(ref, nc=nc)   # init redraws until a drawn value is in range)
+    return model
+
+
+def hollow_copy(model: torch.nn.Module) -> Any:
+    """`copy.deepcopy(model)` whose parameters and buffers are uninitialised tensors of the
+    same shapes, strides and storage sizes: the pages are never written, so a copy of a
+    large model costs no resident memory (hollow compute reads only their shapes)."""
+    memo: dict[int, Any] = {}
+    for t in list(model.parameters()) + list(model.buffers()):
+        storage = t.untyped_storage()
+        empty = torch.empty(0, dtype=t.dtype).set_(
+            torch.UntypedStorage(storage.nbytes()), t.storage_offset(), t.size(), t.stride())
+        if isinstance(t, torch.nn.Parameter):
+            empty = torch.nn.Parameter(empty, requires_grad=t.requires_grad)
+        memo[id(t)] = empty
+    return copy.deepcopy(model, memo)
 
 
 def count_params(model: torch.nn.Module) -> tuple[int, int]:

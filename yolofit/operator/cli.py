@@ -28,6 +28,9 @@ def register(sub: Any) -> None:
     op.add_argument("--install-webhooks", action="store_true", default=None,
                     help="serve the webhooks and register their configurations")
     op.add_argument("--peering", help="kopf peering name (leader election between replicas)")
+    op.add_argument("--trace-memory-budget", metavar="SIZE",
+                    help="host memory one profile trace may use, e.g. 3GiB (its worker is "
+                         "killed above it; the chart sets it with the memory limit)")
     op.set_defaults(func=run_operator)
 
     crds = sub.add_parser("crds", help="print or write the CRDs generated from the API models")
@@ -69,7 +72,9 @@ def settings_from(args: argparse.Namespace) -> Any:
         "operator_namespace": args.operator_namespace, "webhook_port": args.webhook_port,
         "webhook_mode": args.webhook_mode, "metrics_port": args.metrics_port,
         "health_port": args.health_port, "install_webhooks": args.install_webhooks,
-        "peering": args.peering}.items() if v is not None}
+        "peering": args.peering,
+        "trace_memory_budget": getattr(args, "trace_memory_budget", None)}.items()
+        if v is not None}
     return OperatorSettings(**overrides)
 
 

@@ -60,7 +60,9 @@ class Operator:
         self.api: kube.Kube | None = None
         self.post_event = events.Poster(None, os.environ.get("POD_NAME", ""))
         self.reconciler: Reconciler | None = None
-        self.profiler = Profiler(self.world.store, settings.profile_builder, self._profiled)
+        self.profiler = Profiler(self.world.store, settings.profile_builder, self._profiled,
+                                 budget_bytes=settings.trace_memory_budget_bytes,
+                                 timeout=settings.trace_timeout)
         self.tasks: list[asyncio.Task[None]] = []
         self.admission: admission_server.AdmissionServer | None = None
         self._raw_policy: GPUCapacityPolicySpec | None = None

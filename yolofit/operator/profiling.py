@@ -1,40 +1,36 @@
-"""Tracing models off the request path: one subprocess per missing profile key.
+"""Tracing models off the request path: one fresh worker process per missing profile key.
 
 The webhook never traces; a job without a profile is Profiling until the builder (the
 estimator's tracer, configurable) has run in a worker process and the profile is stored.
+Each trace gets its own worker under the memory budget (`trace_memory_budget`, the chart's
+`profiling.memoryBudgetMiB`): a worker over the budget, or killed by the OOM killer, fails
+its key with the reason ("trace of yolo11x@1280 was killed (memory budget 3.0 GiB ...)")
+and the next trace starts a fresh worker (yolofit.estimator.trace_worker).
 """
 
 from __future__ import annotations
 
 import asyncio
-import importlib
 import logging
-import multiprocessing
 from collections.abc import Awaitable, Callable
-from concurrent.futures import ProcessPoolExecutor
-from typing import Any
 
 from yolofit.estimator.profile import Profile, ProfileKey, ProfileStore
+from yolofit.estimator.trace_worker import TraceFailed, TraceRun, trace_in_worker
 
 log = logging.getLogger("yolofit.operator.profiling")
 
 
-def _build(builder: str, key_dict: dict[str, Any]) -> dict[str, Any]:
-    module, _, name = builder.partition(":")
-    fn = getattr(importlib.import_module(module), name)
-    profile = fn(ProfileKey.from_dict(key_dict))
-    return profile.to_dict() if isinstance(profile, Profile) else dict(profile)
-
-
 class Profiler:
     def __init__(self, store: ProfileStore, builder: str,
-                 done: Callable[[ProfileKey], Awaitable[None]], workers: int = 1) -> None:
+                 done: Callable[[ProfileKey], Awaitable[None]], workers: int = 1,
+                 budget_bytes: int | None = None, timeout: float | None = None) -> None:
         self.store, self.builder, self.done = store, builder, done
-        # spawn, not fork: the operator has threads and an event loop a fork would copy.
-        self.pool = ProcessPoolExecutor(max_workers=workers,
-                                        mp_context=multiprocessing.get_context("spawn"))
+        self.budget, self.timeout = budget_bytes, timeout
+        self._slots = asyncio.Semaphore(workers)  # traces at once (each a whole CPU step)
         self.inflight: dict[str, asyncio.Task[None]] = {}
+        self.running: dict[str, TraceRun] = {}  # key id -> its live worker
         self.failed: dict[str, str] = {}
+        self._closed = False
 
     async def start(self, key: ProfileKey) -> str | None:
         """Start tracing `key` unless it runs already; the error if tracing it failed."""
@@ -45,17 +41,27 @@ class Profiler:
         return None
 
     async def _run(self, key: ProfileKey) -> None:
-        loop = asyncio.get_running_loop()
         try:
-            data = await loop.run_in_executor(self.pool, _build, self.builder, key.to_dict())
+            async with self._slots:
+                if self._closed:
+                    return
+                data = await asyncio.to_thread(
+                    trace_in_worker, self.builder, key.to_dict(), self.budget, self.timeout,
+                    lambda run: self.running.__setitem__(key.id, run))
             self.store.put(Profile.from_dict(data))
             log.info("traced %s", key.id)
+        except TraceFailed as exc:
+            log.warning("tracing %s failed: %s", key.id, exc)
+            self.failed[key.id] = str(exc)
         except Exception as exc:  # noqa: BLE001 - any tracer failure marks the key
             log.exception("tracing %s failed", key.id)
             self.failed[key.id] = str(exc)
         finally:
+            self.running.pop(key.id, None)
             self.inflight.pop(key.id, None)
         await self.done(key)
 
     def shutdown(self) -> None:
-        self.pool.shutdown(wait=False, cancel_futures=True)
+        self._closed = True
+        for run in list(self.running.values()):
+            run.kill()

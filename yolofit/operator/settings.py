@@ -6,8 +6,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from yolofit.units import parse_bytes
 
 
 class OperatorSettings(BaseSettings):
@@ -69,6 +71,14 @@ class OperatorSettings(BaseSettings):
     profile_builder: str = Field("yolofit.estimator.build:build_profile", description="module"
                                  ":function that traces a ProfileKey into a Profile; run in "
                                  "a subprocess, never on the webhook path.")
+    trace_memory_budget: str | None = Field(None, description="Host memory one profile "
+                                            "trace may use (e.g. 3GiB): its worker process "
+                                            "is killed above it and the job fails with the "
+                                            "reason. The chart sets it with the container's "
+                                            "memory limit (profiling.memoryBudgetMiB). None: "
+                                            "no budget.")
+    trace_timeout: float = Field(1800.0, gt=0, description="Seconds one profile trace may "
+                                 "take before its worker is stopped.")
     peering: str | None = Field(None, description="kopf peering name for leader election "
                                 "between replicas; None = standalone.")
     peering_priority: int | None = Field(None, ge=0, le=2**31 - 1, description="kopf peering "
@@ -91,3 +101,19 @@ class OperatorSettings(BaseSettings):
                                   "lives without a keepalive; a standby takes over this long "
                                   "after the leader dies.")
     log_level: Literal["DEBUG", "INFO", "WARNING"] = Field("INFO", description="Log level.")
+
+    @field_validator("trace_memory_budget")
+    @classmethod
+    def _budget_is_a_size(cls, value: str | None) -> str | None:
+        if value is not None and value.strip() not in ("", "0"):
+            try:
+                parse_bytes(value)
+            except ValueError as exc:
+                raise ValueError(f"trace_memory_budget: {exc}") from None
+            return value.strip()
+        return None
+
+    @property
+    def trace_memory_budget_bytes(self) -> int | None:
+        return None if self.trace_memory_budget is None else parse_bytes(
+            self.trace_memory_budget)
