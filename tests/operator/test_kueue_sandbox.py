@@ -135,11 +135,12 @@ def _dump_with(kubectl: Callable[..., Any]) -> Iterator[None]:
     DUMP.clear()
 
 
-def wait_for(fn: Callable[[], Any], timeout: float = 30.0, what: str = "condition") -> Any:
+def wait_for(fn: Callable[[], Any], timeout: float = 30.0, interval: float = 0.2,
+             what: str = "condition") -> Any:
     """yolofit.sandbox.testing.wait_for; a timeout also shows every job's phase and message
     and every Workload's conditions (Kueue's timing is what these tests wait on)."""
     try:
-        return _wait_for(fn, timeout, what=what)
+        return _wait_for(fn, timeout, interval, what=what)
     except AssertionError as exc:
         if not DUMP:
             raise
