@@ -18,6 +18,7 @@ import os
 import shutil
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -105,11 +106,17 @@ def show_gang(k: Kubectl) -> None:
     """yolo26l-hires (2 pods x 8 GPUs, pinned to a100-80gb by its spec, so it cannot move to
     another class) does not fit whole while yolov8x-dense holds one of the two A100 nodes:
     it waits Queued with what is short, and no pod of it holds a GPU (no partial gang)."""
-    def queued() -> Any:
-        job = k.json("get", "ytj", "yolo26l-hires", "-n", "team-b")
-        return job if job.get("status", {}).get("phase") == "Queued" else None
+    def phase_of(name: str, want: str) -> Callable[[], Any]:
+        def check() -> Any:
+            job = k.json("get", "ytj", name, "-n", "team-b")
+            return job if job.get("status", {}).get("phase") == want else None
+        return check
 
-    job = wait_for(queued, 120, what="yolo26l-hires to wait for room as a whole gang")
+    # In this order, not in one apply: FIFO per namespace would admit the older gang first.
+    wait_for(phase_of("yolov8x-dense", "Running"), 120, what="yolov8x-dense running")
+    k("apply", "-f", str(EXAMPLES / "gang-job.yaml"))
+    job = wait_for(phase_of("yolo26l-hires", "Queued"), 300,
+                   what="yolo26l-hires to wait for room as a whole gang")
     print(f"yolo26l-hires: {job['status']['message']}")
     k("get", "pods", "-n", "team-b", "-l", "yolofit.io/job=yolo26l-hires", "-o",
       "custom-columns=POD:.metadata.name,NODE:.spec.nodeName,GROUP:.spec.schedulingGroup."
