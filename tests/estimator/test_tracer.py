@@ -220,6 +220,60 @@ def test_hollow_compute_records_the_events_of_shape_compute(v8n: nn.Module, opti
     assert len(hollow.tracker.events) == len(shape.tracker.events) > 5000
 
 
+def test_meta_answers_are_remembered_and_change_no_event(v8n: nn.Module,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The second identical trace asks no meta kernel (every answer is remembered), and
+    records the events of a trace that remembers nothing."""
+    asked: list[object] = []
+    meta_answer = T._meta_answer
+
+    def counting(func: object, *rest: object) -> object:
+        asked.append(func)
+        return meta_answer(func, *rest)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(T, "_meta_answer", counting)
+    monkeypatch.setattr(T, "_META_ANSWERS", {})
+    monkeypatch.setattr(T, "_META_ANSWERS_MAX", 0)  # forget every answer at once
+    cold = _trace(v8n, amp="fp16", compute="hollow")
+    cold_asks = len(asked)
+    monkeypatch.setattr(T, "_META_ANSWERS_MAX", 10**6)
+    _trace(v8n, amp="fp16", compute="hollow")
+    asked.clear()
+    warm = _trace(v8n, amp="fp16", compute="hollow")
+    assert cold_asks > 1000 and asked == []
+    assert _events(warm.tracker) == _events(cold.tracker)
+
+
+def test_the_loss_zeroes_only_the_predictions_it_reads(v8n: nn.Module,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Hollow compute zeroes a prediction when an op first reads its values: boxes and
+    scores; the head's feature maps, whose shapes only the loss reads (anchors), are never
+    touched (at 1280 they are hundreds of MiB of pages)."""
+    registered: dict[int, tuple[int, ...]] = {}
+    zeroed: set[int] = set()
+    zero_on_read, zero_read = T.StorageTracker.zero_on_read, T.StorageTracker._zero_read
+
+    def register(self: T.StorageTracker, tensors: object) -> None:
+        for t in T.tree_flatten(tensors)[0]:
+            if isinstance(t, torch.Tensor):
+                registered[self.live[t.untyped_storage()._cdata]] = tuple(t.shape)
+        zero_on_read(self, tensors)
+
+    def read(self: T.StorageTracker, *args: object) -> None:
+        before = set(self._unread)
+        zero_read(self, *args)  # type: ignore[arg-type]
+        zeroed.update(before - self._unread)
+
+    monkeypatch.setattr(T.StorageTracker, "zero_on_read", register)
+    monkeypatch.setattr(T.StorageTracker, "_zero_read", read)
+    _trace(v8n, amp="fp16", compute="hollow")
+    untouched = {registered[s] for s in set(registered) - zeroed}
+    assert zeroed and zeroed < set(registered)
+    assert untouched == {  # P3-P5 at imgsz 64, training (b 2) and validation (b 4), and
+        (2, 64, 8, 8), (2, 128, 4, 4), (2, 256, 2, 2),  # validation's decoded boxes+scores
+        (4, 64, 8, 8), (4, 128, 4, 4), (4, 256, 2, 2), (4, 84, 84)}  # (the loss reads none)
+
+
 def test_hollow_copy_touches_no_weight_pages() -> None:
     """A hollow copy of a 26M-parameter model (100 MiB of weights) costs no resident memory:
     its storages are allocated with the same sizes and never written."""

@@ -50,12 +50,17 @@ Where CPU and CUDA differ (what the trace can not see, or sees differently):
   arguments and reads a hollow one (`_foreach_lerp_` of the EMA, fused AdamW, the
   GradScaler's unscale, gradient clipping's `_foreach_mul_`) is not run at all: it
   allocates nothing the trace could see, and its written arguments become hollow. Only the
-  loss runs for real, from predictions zeroed first (`make_real`), as in shape compute, and
-  the GradScaler's found_inf keeps 0 (what zero gradients give). An op that would take a
+  loss runs for real, from zeroed predictions as in shape compute - each zeroed when an op
+  first reads its values (`zero_on_read`: the head's feature maps, whose shapes alone the
+  loss reads, are never touched) - and the GradScaler's found_inf keeps 0 (what zero
+  gradients give). An op that would take a
   size or a branch from a hollow value (`.item()`, nonzero, unique) raises HollowRead (and
   is recorded in `hollow_reads`); `build.build_profile` then traces in shape compute.
   Host memory is then the interpreter, the loss of one batch and the model's small tensors:
   it no longer grows with the model's parameter count.
+- Time: most of a trace is per-op dispatch, and most meta kernels are Python (batch norm's
+  is a decomposition); `_shape_only` remembers each answer per op and argument signature,
+  so the next iteration, point or identical block costs a lookup.
 """
 
 from __future__ import annotations
@@ -71,7 +76,7 @@ from typing import Any
 
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
-from torch.utils._pytree import tree_flatten, tree_map_only
+from torch.utils._pytree import tree_flatten, tree_map_only, tree_unflatten
 
 from yolofit.estimator.allocator import CachingAllocatorModel
 
@@ -96,6 +101,7 @@ PHASE_CATEGORY = {
 # dtype; ops whose output shape depends on data raise on meta and run for real. The loss
 # runs for real in every mode: its data-dependent sizes come from real (zeroed) predictions.
 SHAPE_PHASES = frozenset({"forward", "backward", "validation"})
+LOSS_PHASES = frozenset({"loss", "assign", "validation_loss"})
 
 
 class HollowRead(RuntimeError):
@@ -128,6 +134,7 @@ class StorageTracker(TorchDispatchMode):
         # The loss reads zeroed predictions in shape and hollow compute (their values were
         # never computed); an exact trace can be asked to do the same, to compare with them.
         self.zero_predictions = self.shape_only
+        self._unread: set[int] = set()  # sids to zero on their first read (zero_on_read)
         self._functional: dict[Any, bool] = {}
         self._fresh: dict[Any, bool] = {}
         self.events: list[Event] = []
@@ -184,6 +191,7 @@ class StorageTracker(TorchDispatchMode):
         if self.live.get(key) == sid:
             del self.live[key]
             self.hollow.discard(sid)
+            self._unread.discard(sid)
             self._emit(False, sid)
 
     def mark_hollow(self, tensors: Any) -> None:
@@ -213,6 +221,37 @@ class StorageTracker(TorchDispatchMode):
             if isinstance(t, torch.Tensor) and t.device.type != "meta":
                 sid = self.live.get(t.untyped_storage()._cdata)
                 self.hollow.discard(sid if sid is not None else -1)
+
+    def zero_on_read(self, tensors: Any) -> None:
+        """`make_real` deferred to the first op that reads the values (hollow compute; any
+        other mode zeroes now): the loss reads some of the predictions (boxes, scores,
+        mask coefficients) and only the shape of others (the feature maps the head returns,
+        hundreds of MiB at 1280), whose pages then are never touched. Zeroing in place
+        allocates nothing, so the events are the same either way."""
+        if not self.hollow_mode:
+            self.make_real(tensors)
+            return
+        for t in tree_flatten(tensors)[0]:
+            if isinstance(t, torch.Tensor) and t.device.type != "meta":
+                sid = self.live.get(t.untyped_storage()._cdata)
+                if sid is not None:  # (a sid: a reference would keep the storage alive)
+                    self._unread.add(sid)
+                    self.hollow.add(sid)
+
+    def _zero_read(self, func: Any, args: Any, kwargs: Any) -> None:
+        """Zero, whole, each deferred storage this op reads for real (a view, a `new_*` or
+        `*_like` reads none: in the loss it is computed for real from its own arguments;
+        an op answered from shapes reads none either)."""
+        if self.phase in SHAPE_PHASES or (self._is_view(func) and func not in _MAY_COPY):
+            return
+        for t in tree_flatten(_values_read(func, args, kwargs))[0]:
+            if isinstance(t, torch.Tensor) and t.device.type != "meta":
+                sid = self.live.get(t.untyped_storage()._cdata)
+                if sid is not None and sid in self._unread:
+                    self._unread.discard(sid)
+                    with torch.no_grad():  # inside dispatch: not traced, allocates nothing
+                        torch.empty(0, dtype=torch.uint8).set_(t.untyped_storage()).zero_()
+                    self.hollow.discard(sid)
 
     @contextlib.contextmanager
     def hollow_empty(self) -> Iterator[None]:
@@ -244,9 +283,11 @@ class StorageTracker(TorchDispatchMode):
     # -- dispatch -----------------------------------------------------------------------------
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # type: ignore[no-untyped-def]
         kwargs = kwargs or {}
+        if self._unread:
+            self._zero_read(func, args, kwargs)
         out = _NOT_DONE
-        hollow_in = self.hollow_mode and not self._force_real and self._reads_hollow(args,
-                                                                                     kwargs)
+        read = _values_read(func, args, kwargs) if self.phase in LOSS_PHASES else (args, kwargs)
+        hollow_in = self.hollow_mode and not self._force_real and self._reads_hollow(read)
         meta = False
         if (self.shape_only and not self._force_real
                 and (hollow_in or self._all_hollow or self.phase in SHAPE_PHASES)
@@ -274,11 +315,11 @@ class StorageTracker(TorchDispatchMode):
                     self.hollow.add(sid)
         return out
 
-    def _reads_hollow(self, args: Any, kwargs: Any) -> bool:
+    def _reads_hollow(self, read: Any) -> bool:
         if not self.hollow:
             return False
         return any(isinstance(t, torch.Tensor) and self._is_hollow(t)
-                   for t in tree_flatten((args, kwargs))[0])
+                   for t in tree_flatten(read)[0])
 
     def _hollow_mutation(self, func: Any, args: Any, kwargs: Any) -> Any:
         """An op that writes into its arguments and reads a hollow value is not run (it
@@ -337,6 +378,29 @@ class StorageTracker(TorchDispatchMode):
 
 _NOT_DONE = object()
 _EMPTY = frozenset({aten.empty.memory_format, aten.empty_strided.default})
+# Ops that read their tensor argument's dtype, device and shape only.
+_READS_METADATA = frozenset({
+    aten.new_empty.default, aten.new_empty_strided.default, aten.new_zeros.default,
+    aten.new_ones.default, aten.new_full.default, aten.empty_like.default,
+    aten.zeros_like.default, aten.ones_like.default, aten.full_like.default})
+# Ops whose schema says they alias their input but which copy when they must (in inference
+# mode they reach the dispatcher whole): they read values.
+_MAY_COPY = frozenset({
+    aten.contiguous.default, aten.reshape.default, aten.reshape_as.default,
+    aten.flatten.using_ints, aten.to.dtype, aten.to.device, aten.to.dtype_layout,
+    aten.to.other, aten.type_as.default})
+# Ops that read the values of their first argument and the metadata of the others.
+_READS_FIRST_ONLY = frozenset({aten.type_as.default})
+
+
+def _values_read(func: Any, args: Any, kwargs: Any) -> Any:
+    """The arguments whose values `func` reads (the loss phases: what it computes from
+    for real, and which deferred predictions it zeroes)."""
+    if func in _READS_METADATA:
+        return ()
+    if func in _READS_FIRST_ONLY:
+        return args[:1]
+    return (args, kwargs)
 COMPUTE_MODES = ("exact", "shape", "hollow")
 # Skipped with hollow gradients, these leave their flag argument as it was: the GradScaler's
 # found_inf stays 0, which is what zero (finite) gradients give.
@@ -358,7 +422,26 @@ def _shape_only(func: Any, args: Any, kwargs: Any, hollow: bool = False) -> Any:
     pages, so a GiB of activations costs neither memset time nor resident memory. The
     values that matter downstream are made deterministic by `_zero_` (predictions before
     the loss, gradients before the optimizer). `hollow`: an explicit `device=` (a copy
-    to the CPU) is asked of the meta device too."""
+    to the CPU) is asked of the meta device too. The meta kernel's answer is remembered
+    per (op, every argument's shape, strides, dtype and value: `_signature`): a meta kernel
+    reads nothing else, and most of it is Python (batch norm's is a decomposition), so the
+    same layer shapes in the next iteration, point or block cost a dictionary lookup."""
+    key = (func, hollow, _signature(args), _signature(kwargs))
+    answer = _META_ANSWERS.get(key)
+    if answer is None:
+        answer = _META_ANSWERS[key] = _meta_answer(func, args, kwargs, hollow)
+        if len(_META_ANSWERS) > _META_ANSWERS_MAX:  # bounded in a long-lived process
+            _META_ANSWERS.clear()
+    if answer is _NOT_DONE:
+        return _NOT_DONE
+    leaves, spec = answer
+    return tree_unflatten([m.make() if isinstance(m, _MetaTensor) else m for m in leaves],
+                          spec)
+
+
+def _meta_answer(func: Any, args: Any, kwargs: Any, hollow: bool) -> Any:
+    """(leaves, spec) of the meta kernel's output, each tensor as (size, stride, dtype=);
+    _NOT_DONE where the op must be computed."""
     margs, mkwargs = tree_map_only(torch.Tensor, lambda t: t.to("meta"), (args, kwargs))
     if hollow and "device" in mkwargs:
         mkwargs["device"] = torch.device("meta")
@@ -372,9 +455,37 @@ def _shape_only(func: Any, args: Any, kwargs: Any, hollow: bool = False) -> Any:
         if any(isinstance(t, torch.Tensor) and t.untyped_storage()._cdata in inputs
                for t in tree_flatten(out)[0]):
             return _NOT_DONE
-    return tree_map_only(
-        torch.Tensor,
-        lambda m: torch.empty_strided(m.size(), m.stride(), dtype=m.dtype), out)
+    leaves, spec = tree_flatten(out)
+    return ([_MetaTensor(m.size(), m.stride(), m.dtype) if isinstance(m, torch.Tensor)
+             else m for m in leaves], spec)
+
+
+class _MetaTensor(tuple):  # type: ignore[type-arg]
+    """(size, stride, dtype): the arguments `torch.empty_strided` makes the output from."""
+
+    def __new__(cls, size: Any, stride: Any, dtype: torch.dtype) -> _MetaTensor:
+        return super().__new__(cls, (tuple(size), tuple(stride), dtype))
+
+    def make(self) -> torch.Tensor:
+        return torch.empty_strided(self[0], self[1], dtype=self[2])
+
+
+def _signature(x: Any) -> Any:
+    """What a meta kernel can read of an argument: a tensor's shape, strides, storage
+    offset and dtype; a scalar's type and value (1 and 1.0 promote differently); lists and
+    dicts element by element."""
+    if isinstance(x, torch.Tensor):
+        return (_TENSOR, tuple(x.shape), x.stride(), x.storage_offset(), x.dtype, x.device.type)
+    if isinstance(x, (list, tuple)):
+        return (type(x), *(_signature(v) for v in x))
+    if isinstance(x, dict):
+        return tuple((k, _signature(v)) for k, v in sorted(x.items()))
+    return (type(x), x)
+
+
+_TENSOR = object()
+_META_ANSWERS: dict[Any, Any] = {}
+_META_ANSWERS_MAX = 200_000
 
 
 # --- replay through the allocator model ---------------------------------------------------------
@@ -777,7 +888,7 @@ def _train_iteration(model: Any, ema: Any, optimizer: torch.optim.Optimizer,
             preds = model(batch["img"])
         with tracker.in_phase("loss"):
             if tracker.zero_predictions:
-                tracker.make_real(preds)
+                tracker.zero_on_read(preds)
             loss, items = model.loss(batch, preds)
             del preds
             total = loss.sum()
@@ -819,7 +930,7 @@ def _validation_batch(ema: Any, host: dict[str, torch.Tensor], cfg: StepConfig,
             preds = model(batch["img"])
             with tracker.in_phase("validation_loss"):
                 if tracker.zero_predictions:
-                    tracker.make_real(preds)
+                    tracker.zero_on_read(preds)
                 model.loss(batch, preds)
         del preds, batch
 
