@@ -274,6 +274,21 @@ def test_the_loss_zeroes_only_the_predictions_it_reads(v8n: nn.Module,
         (4, 64, 8, 8), (4, 128, 4, 4), (4, 256, 2, 2), (4, 84, 84)}  # (the loss reads none)
 
 
+@pytest.mark.parametrize("compute", ["exact", "hollow"])
+def test_copies_that_inference_mode_dispatches_whole_are_recorded(compute: str) -> None:
+    """Under inference_mode (validation), contiguous/reshape/to reach the tracker as one op
+    whose schema says "alias": when they copy, the copy is an allocation; when they need
+    not copy, nothing is allocated."""
+    tracker = T.StorageTracker(compute)
+    with torch.inference_mode(), tracker:
+        x = torch.ones(2, 3, 4)
+        y = x.permute(0, 2, 1).contiguous()  # a copy: 96 bytes
+        y.reshape(6, 4)  # a view of y
+        x.contiguous()  # x itself
+        x.to(torch.float16)  # a copy: 48 bytes
+    assert [(e.alloc, e.nbytes) for e in tracker.events] == [(True, 96), (True, 96), (True, 48)]
+
+
 def test_hollow_copy_touches_no_weight_pages() -> None:
     """A hollow copy of a 26M-parameter model (100 MiB of weights) costs no resident memory:
     its storages are allocated with the same sizes and never written."""

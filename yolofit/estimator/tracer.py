@@ -297,7 +297,7 @@ class StorageTracker(TorchDispatchMode):
         if out is _NOT_DONE and hollow_in:
             out = self._hollow_mutation(func, args, kwargs)
             if out is _NOT_DONE:  # computed for real from meaningless values: so is its result
-                meta = not self._is_view(func)
+                meta = not self._is_view(func) or func in _MAY_COPY
                 if func in _ALWAYS_REAL:  # a size or a branch taken from garbage: stop
                     self.hollow_reads.append(str(func))
                     raise HollowRead(f"{func} read a value hollow compute never made (phase "
@@ -307,7 +307,8 @@ class StorageTracker(TorchDispatchMode):
         aliasing = not self._returns_new(func)
         for t in tree_flatten(out)[0]:
             if isinstance(t, torch.Tensor):
-                if aliasing and t.untyped_storage()._cdata not in self.live:
+                if aliasing and t.untyped_storage()._cdata not in self.live and not (
+                        func in _MAY_COPY and _is_copy(t, args)):
                     continue  # a view or in-place result of a storage older than the trace
                 sid = self.track(t)
                 if ((meta and self.hollow_mode) or (self._hollow_empty and func in _EMPTY)) \
@@ -384,13 +385,20 @@ _READS_METADATA = frozenset({
     aten.new_ones.default, aten.new_full.default, aten.empty_like.default,
     aten.zeros_like.default, aten.ones_like.default, aten.full_like.default})
 # Ops whose schema says they alias their input but which copy when they must (in inference
-# mode they reach the dispatcher whole): they read values.
+# mode they reach the dispatcher whole, and their copy is an allocation to record): they
+# read values.
 _MAY_COPY = frozenset({
     aten.contiguous.default, aten.reshape.default, aten.reshape_as.default,
     aten.flatten.using_ints, aten.to.dtype, aten.to.device, aten.to.dtype_layout,
     aten.to.other, aten.type_as.default})
 # Ops that read the values of their first argument and the metadata of the others.
 _READS_FIRST_ONLY = frozenset({aten.type_as.default})
+
+
+def _is_copy(out: torch.Tensor, args: Any) -> bool:
+    """`out` of a `_MAY_COPY` op is a new storage (it copied), not its input's."""
+    return all(out.untyped_storage()._cdata != t.untyped_storage()._cdata
+               for t in tree_flatten(args)[0] if isinstance(t, torch.Tensor))
 
 
 def _values_read(func: Any, args: Any, kwargs: Any) -> Any:
