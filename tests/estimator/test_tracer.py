@@ -286,7 +286,7 @@ def test_copies_that_inference_mode_dispatches_whole_are_recorded(compute: str) 
         y.reshape(6, 4)  # a view of y
         x.contiguous()  # x itself
         x.to(torch.float16)  # a copy: 48 bytes
-    assert [(e.alloc, e.nbytes) for e in tracker.events] == [(True, 96), (True, 96), (True, 48)]
+    assert [e.nbytes for e in tracker.events if e.alloc] == [96, 96, 48]
 
 
 def test_hollow_copy_touches_no_weight_pages() -> None:
