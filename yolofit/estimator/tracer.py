@@ -678,8 +678,8 @@ def task_shape(model: Any) -> TaskShape:
 
 
 def synthetic_batch(batch: int, imgsz: int, objects: int, seed: int = 0, nc: int = 2,
-                    shape: TaskShape | None = None, densest: int | None = None
-                    ) -> dict[str, torch.Tensor]:
+                    shape: TaskShape | None = None, densest: int | None = None,
+                    hollow_image: bool = False) -> dict[str, torch.Tensor]:
     """A collated Ultralytics batch of the task's shape with exactly `objects` labels per
     image (host side) - or, with `densest`, `densest` labels in the first image and `objects`
     in the others (a batch whose densest sample pads the assigner's targets while the rest
@@ -688,12 +688,16 @@ def synthetic_batch(batch: int, imgsz: int, objects: int, seed: int = 0, nc: int
     segment: + masks, (b, h/r, w/r) uint8 object indices when overlap_mask (int32 above 255
     objects), else (n, h/r, w/r) uint8 per object; YOLO26 seg also sem_masks (b, h/r, w/r);
     pose: + keypoints (n, k, d) normalised; obb: bboxes (n, 5) xywhr;
-    classify: img float32 (normalised by the transforms on the host), cls (b,) int64."""
+    classify: img float32 (normalised by the transforms on the host), cls (b,) int64.
+    The image is drawn after the labels; `hollow_image`: not drawn (uninitialised, pages
+    never touched: hollow compute reads only its shape)."""
     shape = shape or TaskShape()
     g = torch.Generator().manual_seed(seed)
+    size = (batch, 3, imgsz, imgsz)
     if shape.task == "classify":
-        return {"img": torch.randn(batch, 3, imgsz, imgsz, generator=g),
-                "cls": torch.randint(0, nc, (batch,), generator=g)}
+        cls = torch.randint(0, nc, (batch,), generator=g)
+        img = torch.empty(size) if hollow_image else torch.randn(size, generator=g)
+        return {"img": img, "cls": cls}
     counts = [objects] * batch
     if densest is not None and batch:
         counts[0] = densest
@@ -701,7 +705,7 @@ def synthetic_batch(batch: int, imgsz: int, objects: int, seed: int = 0, nc: int
     wh = 0.05 + 0.25 * torch.rand(n, 2, generator=g)
     xy = wh / 2 + (1 - wh) * torch.rand(n, 2, generator=g)
     out = {
-        "img": torch.randint(0, 255, (batch, 3, imgsz, imgsz), dtype=torch.uint8, generator=g),
+        "img": torch.empty(0, dtype=torch.uint8),  # drawn last (collated order: first)
         "batch_idx": torch.arange(batch).repeat_interleave(torch.tensor(counts)).float(),
         "cls": torch.randint(0, nc, (n, 1), generator=g).float(),
         "bboxes": torch.cat([xy, wh], 1),
@@ -721,6 +725,8 @@ def synthetic_batch(batch: int, imgsz: int, objects: int, seed: int = 0, nc: int
         out["masks"] = masks
         if shape.semantic:
             out["sem_masks"] = torch.zeros(batch, h, w)
+    out["img"] = (torch.empty(size, dtype=torch.uint8) if hollow_image else
+                  torch.randint(0, 255, size, dtype=torch.uint8, generator=g))
     return out
 
 
@@ -810,11 +816,12 @@ def prepare_training(model: torch.nn.Module, cfg: StepConfig) -> TrainState:
     # optimizer (also non-fused SGD, which GradScaler skips on inf) builds its state.
     scaler = torch.amp.GradScaler("cpu", enabled=cfg.amp == "fp16", init_scale=1.0)
     shape = task_shape(model)
+    hollow = cfg.compute == "hollow"  # the image's values are never read (`_to_device`)
     return TrainState(model, ema, optimizer, scaler,
                       synthetic_batch(cfg.batch, cfg.imgsz, cfg.objects, cfg.seed, min(nc, 2),
-                                      shape, cfg.densest),
+                                      shape, cfg.densest, hollow),
                       synthetic_batch(2 * cfg.batch, cfg.imgsz, cfg.objects, cfg.seed + 1,
-                                      min(nc, 2), shape, cfg.densest),
+                                      min(nc, 2), shape, cfg.densest, hollow),
                       cfg)
 
 
