@@ -8,7 +8,16 @@ from pathlib import Path
 
 import pytest
 
-from yolofit.estimator.calibration import Row, fit_class, fit_classes, read_rows, write_calibration
+from yolofit.estimator.calibration import (
+    FieldPoint,
+    Row,
+    epoch_emptied,
+    field_prediction,
+    fit_class,
+    fit_classes,
+    read_rows,
+    write_calibration,
+)
 from yolofit.estimator.gpu import DATA
 
 MiB = 2**20
@@ -66,3 +75,17 @@ def test_reads_csv(tmp_path: Path) -> None:
 def test_no_rows_is_an_error() -> None:
     with pytest.raises(ValueError):
         fit_class([])
+
+
+def test_field_cache_regime_is_decided_by_the_emptied_prediction() -> None:
+    """empty_above 0 (<= 8.3.86): always emptied; else emptied iff the emptied-regime
+    prediction (allocated x (1 + emptied overhead) + workspaces) exceeds empty_above."""
+    alloc, cublas, cudnn = 4000 * MiB, 64 * MiB, 168.0
+    emptied_pred = alloc + 400 * MiB + cublas + cudnn * MiB  # overhead 0.1
+    always = FieldPoint(alloc, 1.0, 0.0)
+    above = FieldPoint(alloc, 1.0, emptied_pred - 1)
+    within = FieldPoint(alloc, 1.0, emptied_pred)  # kept: the emptied prediction is not above
+    assert epoch_emptied(always, cublas, cudnn, 0.1) and epoch_emptied(above, cublas, cudnn, 0.1)
+    assert not epoch_emptied(within, cublas, cudnn, 0.1)
+    assert field_prediction(above, cublas, cudnn, 0.25, 0.1) == emptied_pred
+    assert field_prediction(within, cublas, cudnn, 0.25, 0.1) == emptied_pred + 600 * MiB

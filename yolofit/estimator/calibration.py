@@ -147,11 +147,13 @@ UNDER_WEIGHT = 3.0  # an under-prediction is an OOM: it weighs three times an ov
 @dataclass(frozen=True)
 class FieldPoint:
     """One field run for the fit: the trace's peak allocated bytes at its configuration,
-    the measured reserved bytes, and whether its Ultralytics emptied the cache each epoch."""
+    the measured reserved bytes, and the reserved bytes above which its Ultralytics empties
+    the cache at epoch end (field.empty_above_bytes: 0 for <= 8.3.86, which always empties
+    it; else the version's threshold x the card's total memory)."""
 
     traced_allocated: float
     measured: float
-    epoch_emptied: bool
+    empty_above: float
 
 
 @dataclass(frozen=True)
@@ -159,8 +161,8 @@ class FieldFit:
     """The three constants a field fit sets, and the rows it saw."""
 
     cudnn_workspace_mib: float
-    overhead: float  # default allocator, cache kept across epochs (Ultralytics >= 8.3.86)
-    overhead_epoch_emptied: float  # default allocator, cache emptied each epoch (<= 8.3.85)
+    overhead: float  # default allocator, cache kept across epochs
+    overhead_epoch_emptied: float  # default allocator, cache emptied at each epoch end
     rows: int
     loss: float
 
@@ -170,19 +172,44 @@ def _blocks(n: float) -> int:
     return -(-int(n) // block) * block
 
 
+def _reserved(point: FieldPoint, cublas_bytes: int, cudnn_mib: float, rate: float) -> float:
+    return (point.traced_allocated + _blocks(point.traced_allocated * rate) + cublas_bytes
+            + cudnn_mib * MiB)
+
+
+def epoch_emptied(point: FieldPoint, cublas_bytes: int, cudnn_mib: float,
+                  overhead_epoch_emptied: float) -> bool:
+    """The cache rule of stock Ultralytics, decided from the prediction: emptied at every
+    epoch end when its version always empties it (empty_above 0), or when the *emptied*
+    prediction exceeds empty_above (threshold x total memory); otherwise kept.
+
+    Why the emptied prediction decides, not the kept one: the first epoch's end sees the
+    reserved bytes of one epoch (nothing has accumulated yet), which is what the emptied
+    regime predicts. Above the threshold, the cache is emptied then and at every later epoch
+    end, so every epoch looks like the first: emptied. Below it, nothing is emptied and the
+    pools grow across epochs towards the kept prediction; if that crosses the threshold the
+    cache is emptied at some later epoch end, but only after an epoch has run above it, so
+    the reading lies anywhere between the two predictions and the kept one bounds it.
+    Deciding from the kept prediction would predict the emptied value for runs whose kept
+    prediction alone crosses the threshold - an under-prediction in that band. The rule
+    also keeps the fit separable: membership does not depend on the kept overhead."""
+    return _reserved(point, cublas_bytes, cudnn_mib, overhead_epoch_emptied) > point.empty_above
+
+
 def field_prediction(point: FieldPoint, cublas_bytes: int, cudnn_mib: float,
                      overhead: float, overhead_epoch_emptied: float) -> float:
     """Predicted reserved = allocated + overhead (2 MiB blocks) + cuBLAS + cuDNN, as
-    profile.estimate computes it with the default allocator."""
-    rate = overhead_epoch_emptied if point.epoch_emptied else overhead
-    return (point.traced_allocated + _blocks(point.traced_allocated * rate) + cublas_bytes
-            + cudnn_mib * MiB)
+    profile.estimate computes it with the default allocator, at the overhead of the point's
+    cache regime (epoch_emptied)."""
+    emptied = epoch_emptied(point, cublas_bytes, cudnn_mib, overhead_epoch_emptied)
+    return _reserved(point, cublas_bytes, cudnn_mib,
+                     overhead_epoch_emptied if emptied else overhead)
 
 
 def _loss(points: Sequence[FieldPoint], cublas: int, cudnn: float, rate: float) -> float:
     total = 0.0
     for p in points:
-        e = field_prediction(p, cublas, cudnn, rate, rate) / p.measured - 1
+        e = _reserved(p, cublas, cudnn, rate) / p.measured - 1
         total += abs(e) * (UNDER_WEIGHT if e < 0 else 1.0)
     return total
 
@@ -191,28 +218,43 @@ def fit_field(points: Sequence[FieldPoint], cublas_bytes: int) -> FieldFit:
     """Grid search over the plausible box for the cuDNN allowance (shared) and the two
     overhead fractions (one per cache regime), minimising sum(w(e) |e|) with
     w = UNDER_WEIGHT below the measurement and 1 above. A grid (not a gradient) because the
-    2 MiB rounding makes the loss piecewise constant; ties go to the smaller constants. A
-    regime without rows keeps the other regime's fraction."""
+    2 MiB rounding makes the loss piecewise constant; ties go to the smaller constants.
+
+    Which points are in the emptied regime depends on the candidate cuDNN allowance and
+    emptied overhead (epoch_emptied), not on the kept overhead: for each (cuDNN, emptied
+    overhead) the emptied points are scored at that overhead and the kept points at their
+    best kept overhead. Where one regime has no points the other's fraction is shared
+    (candidates with one overhead for all points; with equal fractions the regime does not
+    change the prediction)."""
     if not points:
         raise ValueError("no field rows to fit")
-    groups = {flag: [p for p in points if p.epoch_emptied == flag] for flag in (False, True)}
     rates = [OVERHEAD_RANGE[0] + i * STEP_OVERHEAD for i in
              range(int(round((OVERHEAD_RANGE[1] - OVERHEAD_RANGE[0]) / STEP_OVERHEAD)) + 1)]
-    best: FieldFit | None = None
+    best: tuple[tuple[float, float, float, float], FieldFit] | None = None
     for j in range(int((CUDNN_RANGE_MIB[1] - CUDNN_RANGE_MIB[0]) / STEP_MIB) + 1):
         cudnn = CUDNN_RANGE_MIB[0] + j * STEP_MIB
-        chosen: dict[bool, tuple[float, float]] = {}
-        for flag, group in groups.items():
-            if group:
-                chosen[flag] = min(((_loss(group, cublas_bytes, cudnn, r), r) for r in rates),
-                                   key=lambda lr: (round(lr[0], 12), lr[1]))
-        loss = sum(v[0] for v in chosen.values())
-        kept = chosen.get(False, chosen.get(True, (0.0, 0.0)))[1]
-        emptied = chosen.get(True, (0.0, kept))[1]
-        if best is None or loss < best.loss - 1e-12:
-            best = FieldFit(cudnn, round(kept, 6), round(emptied, 6), len(points), loss)
+        kept_best: dict[tuple[int, ...], tuple[float, float]] = {}
+        # (loss, emptied rate, kept rate): one shared rate, then one per regime
+        candidates = [(_loss(points, cublas_bytes, cudnn, r), r, r) for r in rates]
+        for r_e in rates:
+            flags = [epoch_emptied(p, cublas_bytes, cudnn, r_e) for p in points]
+            emptied = [p for p, f in zip(points, flags, strict=True) if f]
+            kept_idx = tuple(i for i, f in enumerate(flags) if not f)
+            if not emptied or not kept_idx:
+                continue
+            if kept_idx not in kept_best:
+                kept = [points[i] for i in kept_idx]
+                kept_best[kept_idx] = min(
+                    ((_loss(kept, cublas_bytes, cudnn, r), r) for r in rates),
+                    key=lambda lr: (round(lr[0], 12), lr[1]))
+            k_loss, r_k = kept_best[kept_idx]
+            candidates.append((_loss(emptied, cublas_bytes, cudnn, r_e) + k_loss, r_e, r_k))
+        loss, r_e, r_k = min(candidates, key=lambda c: (round(c[0], 12), c[1] + c[2], c[1]))
+        rank = (round(loss, 12), cudnn, r_e + r_k, r_e)
+        if best is None or rank < best[0]:
+            best = (rank, FieldFit(cudnn, round(r_k, 6), round(r_e, 6), len(points), loss))
     assert best is not None
-    return best
+    return best[1]
 
 
 def write_field_fit(fit: FieldFit, provenance: Mapping[str, Any], path: Path = DATA) -> None:

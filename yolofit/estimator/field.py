@@ -40,7 +40,40 @@ FIELD_DIR = Path(__file__).with_name("data") / "field"
 FILES: tuple[str, ...] = ("field_gpu_mem.csv", "field_gpu_mem_2.csv")
 UNITS = {"GB": 1e9, "GiB": 2.0**30}
 DENSITIES = ("sparse", "moderate", "dense")
-EPOCH_EMPTIED_UNTIL = (8, 3, 85)
+# When stock Ultralytics empties the CUDA cache at an epoch's end (engine/trainer.py; checked
+# in the wheels of 8.3.84-8.3.87, 8.3.100-8.3.110, 8.3.120, 8.3.149 and 8.4.19):
+# - up to 8.3.86 `_clear_memory()` runs unconditionally at every epoch end (8.3.86's trainer
+#   differs from 8.3.85's only in a file encoding; the field README says "up to 8.3.85");
+# - from 8.3.87 only when `memory_reserved() / total_memory > threshold`: 0.9 up to 8.3.108,
+#   0.5 from 8.3.109 (8.4.x also clears at 0.5 before validation; 8.4.190 the same).
+EPOCH_EMPTIED_UNTIL = (8, 3, 86)
+EMPTY_THRESHOLDS: tuple[tuple[tuple[int, ...], float], ...] = (((8, 3, 108), 0.9),)
+EMPTY_THRESHOLD_LATEST = 0.5
+
+
+def version_tuple(version: str) -> tuple[int, ...]:
+    return tuple(int(x) for x in version.split(".")[:3])
+
+
+def empty_threshold(version: str) -> float | None:
+    """The fraction of the card's total memory above which this Ultralytics version empties
+    the cache at an epoch's end; None: it empties it at every epoch end, unconditionally."""
+    v = version_tuple(version)
+    if v <= EPOCH_EMPTIED_UNTIL:
+        return None
+    for until, threshold in EMPTY_THRESHOLDS:
+        if v <= until:
+            return threshold
+    return EMPTY_THRESHOLD_LATEST
+
+
+def empty_above_bytes(version: str, total_bytes: float) -> float:
+    """The reserved bytes above which the run's cache is emptied at each epoch end: 0 for a
+    version that always empties it, else the version's threshold x the card's total memory
+    (`torch.cuda.get_device_properties().total_memory`: the data's gpu_total_mib, the MiB
+    Ultralytics logs beside the device name)."""
+    threshold = empty_threshold(version)
+    return 0.0 if threshold is None else threshold * total_bytes
 
 
 @dataclass(frozen=True)
@@ -59,15 +92,21 @@ class FieldRow:
     mosaic: bool
     kpt_shape: tuple[int, int] | None
     gpu: str
+    gpu_total_bytes: float  # the card's total memory as torch reports it (gpu_total_mib)
     measured_bytes: float  # GPU_mem (memory_reserved), in bytes
     density: str
     version: str
     why: str
 
     @property
-    def epoch_emptied(self) -> bool:
-        """Ultralytics up to 8.3.85 empties the CUDA cache at every epoch end (README)."""
-        return tuple(int(x) for x in self.version.split(".")[:3]) <= EPOCH_EMPTIED_UNTIL
+    def always_emptied(self) -> bool:
+        """Its Ultralytics (<= 8.3.86) empties the CUDA cache at every epoch end."""
+        return empty_threshold(self.version) is None
+
+    @property
+    def empty_above_bytes(self) -> float:
+        """Reserved bytes above which its cache is emptied at epoch end (0: always)."""
+        return empty_above_bytes(self.version, self.gpu_total_bytes)
 
     @property
     def file(self) -> str:
@@ -118,7 +157,8 @@ def load_rows(directory: Path = FIELD_DIR) -> list[FieldRow]:
                 nc=int(e["nc"]), objects=int(e["objects"]), optimizer=e["optimizer"],
                 mosaic=bool(e.get("mosaic", True)),
                 kpt_shape=tuple(e["kpt_shape"]) if e.get("kpt_shape") else None,  # type: ignore[arg-type]
-                gpu=r["gpu"], measured_bytes=value * UNITS[unit], density=e["density"],
+                gpu=r["gpu"], gpu_total_bytes=float(r["gpu_total_mib"]) * 2**20,
+                measured_bytes=value * UNITS[unit], density=e["density"],
                 version=r["ultralytics_version"], why=e["why"]))
     return rows
 
@@ -160,15 +200,43 @@ def traced_reserved_default(row: FieldRow, profile: Profile) -> int:
     return profile.reserved_terms(expandable_segments=False).at(row.batch, *_densities(row))
 
 
+def _predict(row: FieldRow, profile: Profile, gpu: GpuClass, densest: int | None,
+             epoch_emptied: bool) -> int:
+    most = row.objects if densest is None else densest
+    return estimate(profile, row.batch, most, gpu, mosaic=row.mosaic,
+                    expandable_segments=False, epoch_emptied=epoch_emptied,
+                    mean_objects=row.objects).peak_reserved_bytes
+
+
+def epoch_emptied(row: FieldRow, profile: Profile, gpu: GpuClass,
+                  densest: int | None = None) -> bool:
+    """Whether the row's cache is emptied at each epoch end, decided from the *prediction*
+    (a plan has no measurement): its Ultralytics always empties it (<= 8.3.86), or the
+    emptied-regime prediction exceeds its threshold x the card's total memory
+    (calibration.epoch_emptied states the rule and why the emptied prediction decides)."""
+    return row.always_emptied or (
+        _predict(row, profile, gpu, densest, True) > row.empty_above_bytes)
+
+
+def cache_regime(row: FieldRow, profile: Profile, gpu: GpuClass,
+                 densest: int | None = None) -> str:
+    """The row's cache regime, for tables: "kept", "emptied (>50 %)" (the predicted reserved
+    bytes cross the version's threshold) or "emptied (<=8.3.86)" (always)."""
+    threshold = empty_threshold(row.version)
+    if threshold is None:
+        return "emptied (<={})".format(".".join(map(str, EPOCH_EMPTIED_UNTIL)))
+    if epoch_emptied(row, profile, gpu, densest):
+        return f"emptied (>{threshold:.0%})".replace("%", " %")
+    return "kept"
+
+
 def predict(row: FieldRow, profile: Profile, gpu: GpuClass, densest: int | None = None
             ) -> int:
     """The estimate's peak reserved bytes for the row: default allocator (stock
     Ultralytics), single GPU, the row's density (the stated mean as the typical image and,
-    unless `densest` is given, as the densest), mosaic setting and cache regime."""
-    most = row.objects if densest is None else densest
-    return estimate(profile, row.batch, most, gpu, mosaic=row.mosaic,
-                    expandable_segments=False, epoch_emptied=row.epoch_emptied,
-                    mean_objects=row.objects).peak_reserved_bytes
+    unless `densest` is given, as the densest), mosaic setting and cache regime
+    (`epoch_emptied`: its version and, past 8.3.86, the predicted share of the card)."""
+    return _predict(row, profile, gpu, densest, epoch_emptied(row, profile, gpu, densest))
 
 
 @dataclass(frozen=True)

@@ -37,7 +37,8 @@ class GpuClass:
     fragmentation: float = 0.03
     nccl_bytes: int = 512 * MiB
     # Default allocator (stock Ultralytics): reserved over the traced *allocated* peak, fitted
-    # on field runs; Ultralytics <= 8.3.85 empties the cache every epoch (less accumulates).
+    # on field runs; Ultralytics empties the cache every epoch (less accumulates) up to 8.3.86,
+    # later above a share of the card (field.empty_threshold).
     fragmentation_default: float = 0.20
     fragmentation_default_epoch_emptied: float = 0.09
     arch: str = ""

@@ -396,8 +396,9 @@ def estimate(profile: Profile, batch: int, objects: int, gpu: GpuClass,
     Reserved bytes: with expandable segments (what the yolofit trainer sets) the allocator
     model's replay plus the class's `fragmentation` margin; with the default allocator (stock
     Ultralytics, `expandable_segments=False`) the traced *allocated* peak plus the
-    field-fitted default-allocator overhead (`epoch_emptied`: Ultralytics <= 8.3.85 empties
-    the cache at every epoch end) - the allocator model's own default-mode replay misses the
+    field-fitted default-allocator overhead (`epoch_emptied`: the cache is emptied at every
+    epoch end - Ultralytics <= 8.3.86, or later ones once reserved exceeds half the card;
+    field.epoch_emptied decides it) - the allocator model's own default-mode replay misses the
     field runs by -11 to +9 % (benchmarks/RESULTS.md), the fitted fraction does not.
     """
     per_sample = objects_per_sample(objects, mosaic)
