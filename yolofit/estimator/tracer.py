@@ -244,7 +244,7 @@ class StorageTracker(TorchDispatchMode):
         an op answered from shapes reads none either)."""
         if self.phase in SHAPE_PHASES or (self._is_view(func) and func not in _MAY_COPY):
             return
-        for t in tree_flatten(_values_read(func, args, kwargs))[0]:
+        for t in _tensors(_values_read(func, args, kwargs)):
             if isinstance(t, torch.Tensor) and t.device.type != "meta":
                 sid = self.live.get(t.untyped_storage()._cdata)
                 if sid is not None and sid in self._unread:
@@ -305,7 +305,7 @@ class StorageTracker(TorchDispatchMode):
         if out is _NOT_DONE:
             out = func(*args, **kwargs)
         aliasing = not self._returns_new(func)
-        for t in tree_flatten(out)[0]:
+        for t in _tensors(out):
             if isinstance(t, torch.Tensor):
                 if aliasing and t.untyped_storage()._cdata not in self.live and not (
                         func in _MAY_COPY and _is_copy(t, args)):
@@ -320,7 +320,7 @@ class StorageTracker(TorchDispatchMode):
         if not self.hollow:
             return False
         return any(isinstance(t, torch.Tensor) and self._is_hollow(t)
-                   for t in tree_flatten(read)[0])
+                   for t in _tensors(read))
 
     def _hollow_mutation(self, func: Any, args: Any, kwargs: Any) -> Any:
         """An op that writes into its arguments and reads a hollow value is not run (it
@@ -395,10 +395,28 @@ _MAY_COPY = frozenset({
 _READS_FIRST_ONLY = frozenset({aten.type_as.default})
 
 
+def _tensors(tree: Any) -> list[torch.Tensor]:
+    """The tensors in an op's arguments or results (tuples, lists, dicts of them): what
+    `tree_flatten` finds, without its generality (it runs several times per op)."""
+    if isinstance(tree, torch.Tensor):
+        return [tree]
+    found: list[torch.Tensor] = []
+    stack = [tree]
+    while stack:
+        x = stack.pop()
+        if isinstance(x, torch.Tensor):
+            found.append(x)
+        elif isinstance(x, (list, tuple)):
+            stack.extend(reversed(x))
+        elif isinstance(x, dict):
+            stack.extend(reversed(list(x.values())))
+    return found
+
+
 def _is_copy(out: torch.Tensor, args: Any) -> bool:
     """`out` of a `_MAY_COPY` op is a new storage (it copied), not its input's."""
     return all(out.untyped_storage()._cdata != t.untyped_storage()._cdata
-               for t in tree_flatten(args)[0] if isinstance(t, torch.Tensor))
+               for t in _tensors(args))
 
 
 def _values_read(func: Any, args: Any, kwargs: Any) -> Any:
