@@ -279,6 +279,13 @@ def test_data_denser_replans_once_without_learning_or_spending_budgets(tmp_path:
 
 def test_an_oom_after_a_data_replan_keeps_the_density_and_its_own_budget(
         tmp_path: Path) -> None:
+    from yolofit.operator import metrics
+
+    def replans(cause: str) -> float:
+        return metrics.REGISTRY.get_sample_value(
+            "yolofit_replans_total", {"gpu_class": "t4", "namespace": "ns", "cause": cause}) or 0
+
+    counted = {c: replans(c) for c in ("DataDenser", "OutOfMemory")}
     h = DenseHarness(tmp_path)
     h.world.set_policy(h.world.policy.model_copy(update={"max_replans": 1}))
     running_job(h)
@@ -294,6 +301,8 @@ def test_an_oom_after_a_data_replan_keeps_the_density_and_its_own_budget(
     assert st["phase"] != "Failed" and st["attempt"] == 2  # the data re-plan is no OOM
     assert st["plan"]["objectsPerImage"] == 412  # never planned below the measured figure
     assert h.world.margins["ns|yolov8n|t4"]["seen"] == ["job-uid/1"]
+    assert {c: replans(c) - n for c, n in counted.items()} == {"DataDenser": 1,
+                                                               "OutOfMemory": 1}
 
 
 def test_nothing_fits_the_measured_density_fails_and_frees_everything(tmp_path: Path) -> None:

@@ -89,7 +89,7 @@ def operator_tick(n: int) -> None:
     op.PREDICTED_UTILISATION.labels(GPU_CLASS).observe(0.82 + 0.01 * (n % 5))
     op.ESTIMATE_ERROR.labels(GPU_CLASS).observe(0.15 - 0.02 * (n % 4))
     op.OOMS.labels(GPU_CLASS, NAMESPACE).inc()
-    op.REPLANS.labels(GPU_CLASS, NAMESPACE).inc()
+    op.REPLANS.labels(GPU_CLASS, NAMESPACE, "OutOfMemory").inc()
     for webhook in WEBHOOKS:
         for result in WEBHOOK_RESULTS:
             op.WEBHOOK_REQUESTS.labels(webhook, result).inc()

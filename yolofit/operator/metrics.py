@@ -28,8 +28,11 @@ ESTIMATE_ERROR = Histogram("yolofit_estimate_error_ratio", "(measured - estimate
                                     0.25, 0.5))
 OOMS = Counter("yolofit_oom_total", "Jobs that ran out of GPU memory after admission.",
                ["gpu_class", "namespace"], registry=REGISTRY)
-REPLANS = Counter("yolofit_replans_total", "OOM re-plans.", ["gpu_class", "namespace"],
-                  registry=REGISTRY)
+REPLANS = Counter("yolofit_replans_total", "Re-plans of admitted jobs by cause: OutOfMemory "
+                  "(CUDA OOM; spends the policy's maxReplans), DataDenser and ModelDiffers "
+                  "(the pod measured what admission assumed, before any GPU memory was "
+                  "spent). gpu_class is the class of the plan re-planned.",
+                  ["gpu_class", "namespace", "cause"], registry=REGISTRY)
 WEBHOOK_REQUESTS = Counter("yolofit_webhook_requests_total", "Admission webhook requests by "
                            "webhook (mutate, validate) and result (allowed, denied, error).",
                            ["webhook", "result"], registry=REGISTRY)

@@ -420,7 +420,7 @@ class Reconciler(FailureActions, ReplanActions):
         st.start_time = None
         st.conditions = set_condition(st.conditions, "PodsReady", "False", "OutOfMemoryReplan",
                                       st.message, gen, t)
-        metrics.REPLANS.labels(plan.gpu_class, ns).inc()
+        metrics.REPLANS.labels(plan.gpu_class, ns, "OutOfMemory").inc()
         self.event(body, "Warning", "OutOfMemoryReplan", st.message + f"; learned margin for "
                    f"{model} on {plan.gpu_class} is now {margin:.0%}")
         # The new attempt and plan are written before the old pods go: killed in between,

@@ -16,7 +16,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from yolofit.operator import replan
+from yolofit.operator import metrics, replan
 from yolofit.operator.api import Plan, Replan, YOLOTrainingJob, YOLOTrainingJobStatus
 from yolofit.operator.feedback import PodReport
 from yolofit.operator.reconciler_parts import ReconcilerParts
@@ -62,6 +62,7 @@ class ReplanActions(ReconcilerParts):
         st.conditions = set_condition(st.conditions, "PodsReady", "False", "Replanned",
                                       st.message, gen, t)
         self.event(body, "Normal", "Replanned", d.message)
+        metrics.REPLANS.labels(plan.gpu_class, key[0], d.cause).inc()
         await self._write_status(key, body, st)
         await self._delete_pods(key, list(self.world.pods_of(key)))
         return True
