@@ -244,6 +244,49 @@ def test_meta_answers_are_remembered_and_change_no_event(v8n: nn.Module,
     assert _events(warm.tracker) == _events(cold.tracker)
 
 
+@pytest.mark.parametrize("name", ["yolov8n.yaml", pytest.param(
+    "yolo26n-seg.yaml", marks=pytest.mark.slow)])  # yolo26 seg: counts read by tolist()
+def test_a_replayed_loss_records_the_events_of_a_computed_one(
+        name: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Iterations 2 and 3 take the loss's data-dependent answers from iteration 1's tape and
+    compute none of it; their storage events are those of a loss computed every time."""
+    model = build_model(name)
+    replays: list[int] = []
+    stop = T.LossTape.stop
+
+    def counting(self: T.LossTape) -> None:
+        replays.append(self.replaying)
+        stop(self)
+
+    monkeypatch.setattr(T.LossTape, "stop", counting)
+    replayed = _trace(model, amp="fp16", compute="hollow", imgsz=96)
+    assert replays == [False, True, True]
+    computed = _trace(model, amp="fp16", compute="hollow", imgsz=96, replay_loss=False)
+    assert replays == [False, True, True]  # no tape without replay_loss
+    assert _events(replayed.tracker) == _events(computed.tracker)
+
+
+def test_a_loss_that_diverges_from_its_tape_is_traced_computed(
+        v8n: nn.Module, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A replay that meets another op than recorded stops (ReplayDiverged) and the point is
+    traced again with the loss computed every iteration: the same result."""
+    from yolofit.estimator import build
+
+    key = build.key_for("yolov8n", 64, "fp16", "AdamW")
+    expected = build.trace_point(v8n, key, 2, 4)
+    nxt = T.LossTape.next
+
+    def diverging(self: T.LossTape, func: object) -> T.TapeEntry:
+        if self._at == 10:
+            raise T.ReplayDiverged("test")
+        return nxt(self, func)
+
+    monkeypatch.setattr(T.LossTape, "next", diverging)
+    again = build.trace_point(v8n, key, 2, 4)
+    assert (again.allocated, again.reserved, again.breakdown) == (
+        expected.allocated, expected.reserved, expected.breakdown)
+
+
 def test_the_loss_zeroes_only_the_predictions_it_reads(v8n: nn.Module,
                                                         monkeypatch: pytest.MonkeyPatch) -> None:
     """Hollow compute zeroes a prediction when an op first reads its values: boxes and

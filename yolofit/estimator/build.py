@@ -90,13 +90,23 @@ def trace_point(model: Any, key: ProfileKey, batch: int, objects: int,
                 densest: int | None = None) -> PointResult:
     """Trace one (batch, objects) point of `key` on a copy of `model`; with `densest`, the
     first sample holds `densest` labels and the others `objects`."""
-    from yolofit.estimator.tracer import StepConfig, hollow_copy, trace_training_step
+    from yolofit.estimator.tracer import (
+        ReplayDiverged,
+        StepConfig,
+        hollow_copy,
+        trace_training_step,
+    )
 
     cfg = StepConfig(batch=batch, imgsz=key.imgsz, objects=objects, amp=key.amp,
                      optimizer=key.optimizer, checkpointing=key.checkpointing, compute=compute,
                      densest=densest)
     copied = hollow_copy(model) if compute == "hollow" else copy.deepcopy(model)
-    result = trace_training_step(copied, cfg)
+    try:
+        result = trace_training_step(copied, cfg)
+    except ReplayDiverged:  # a loss that does not repeat itself: every iteration computes it
+        cfg = dataclasses.replace(cfg, replay_loss=False)
+        copied = hollow_copy(model) if compute == "hollow" else copy.deepcopy(model)
+        result = trace_training_step(copied, cfg)
     main = result.replay(expandable_segments)
     other = result.replay(not expandable_segments)
     most, mean = objects, None

@@ -60,7 +60,9 @@ Where CPU and CUDA differ (what the trace can not see, or sees differently):
   it no longer grows with the model's parameter count.
 - Time: most of a trace is per-op dispatch, and most meta kernels are Python (batch norm's
   is a decomposition); `_shape_only` remembers each answer per op and argument signature,
-  so the next iteration, point or identical block costs a lookup.
+  so the next iteration, point or identical block costs a lookup. The training loss of the
+  iterations after the first is replayed, not computed (`LossTape`, `StorageTracker.
+  loss_tape`): same predictions, same batch, same answers.
 """
 
 from __future__ import annotations
@@ -108,6 +110,10 @@ class HollowRead(RuntimeError):
     """A value that was never computed would have decided a size or a branch."""
 
 
+class ReplayDiverged(HollowRead):
+    """A replayed training loss did not do what the recorded one did."""
+
+
 @dataclass
 class Event:
     alloc: bool
@@ -135,6 +141,7 @@ class StorageTracker(TorchDispatchMode):
         # never computed); an exact trace can be asked to do the same, to compare with them.
         self.zero_predictions = self.shape_only
         self._unread: set[int] = set()  # sids to zero on their first read (zero_on_read)
+        self.tape: LossTape | None = None  # the training loss's answers (`loss_tape`)
         self._functional: dict[Any, bool] = {}
         self._fresh: dict[Any, bool] = {}
         self.events: list[Event] = []
@@ -254,6 +261,31 @@ class StorageTracker(TorchDispatchMode):
                     self.hollow.discard(sid)
 
     @contextlib.contextmanager
+    def loss_tape(self, tape: LossTape | None) -> Iterator[None]:
+        """Run the training loss with `tape` (hollow compute): the first iteration records
+        each op's answer; later iterations, whose loss reads the same zeroed predictions
+        and batch, leave the predictions hollow and take the data-dependent answers (the
+        assigner's foreground counts, `.item()` values) from the tape. Every op and every
+        output's shape, strides and dtype must match the recording, else HollowRead (and
+        the profile is traced in shape compute)."""
+        if tape is None or not self.hollow_mode:
+            yield
+            return
+        tape.start()
+        previous, self.tape = self.tape, tape
+        try:
+            yield
+        except HollowRead:
+            raise
+        except Exception as e:  # e.g. a size read from a hollow value outside dispatch
+            if tape.replaying:
+                raise ReplayDiverged(f"the loss replay failed: {e}") from e
+            raise
+        finally:
+            self.tape = previous
+        tape.stop()
+
+    @contextlib.contextmanager
     def hollow_empty(self) -> Iterator[None]:
         """In this block, what `torch.empty` makes is hollow (uninitialised in any mode):
         writes into it are then not run, and ops that read it are answered from shapes."""
@@ -283,6 +315,18 @@ class StorageTracker(TorchDispatchMode):
     # -- dispatch -----------------------------------------------------------------------------
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # type: ignore[no-untyped-def]
         kwargs = kwargs or {}
+        tape = self.tape
+        if tape is not None and not self._force_real:
+            entry = tape.next(func) if tape.replaying else None
+            out = self._dispatch(func, args, kwargs, entry)
+            if tape.replaying:
+                tape.check(entry, out, args)
+            else:
+                tape.record(func, out, args)
+            return out
+        return self._dispatch(func, args, kwargs, None)
+
+    def _dispatch(self, func: Any, args: Any, kwargs: Any, entry: TapeEntry | None) -> Any:
         if self._unread:
             self._zero_read(func, args, kwargs)
         out = _NOT_DONE
@@ -296,7 +340,9 @@ class StorageTracker(TorchDispatchMode):
             meta = out is not _NOT_DONE
         if out is _NOT_DONE and hollow_in:
             out = self._hollow_mutation(func, args, kwargs)
-            if out is _NOT_DONE:  # computed for real from meaningless values: so is its result
+            if out is _NOT_DONE and entry is not None and entry.fresh:
+                out, meta = entry.answer()  # what the same op answered last iteration
+            elif out is _NOT_DONE:  # computed for real from meaningless values: so is its result
                 meta = not self._is_view(func) or func in _MAY_COPY
                 if func in _ALWAYS_REAL:  # a size or a branch taken from garbage: stop
                     self.hollow_reads.append(str(func))
@@ -375,6 +421,84 @@ class StorageTracker(TorchDispatchMode):
                   and func not in _ALWAYS_REAL)
             self._functional[func] = ok
         return ok
+
+
+@dataclass
+class TapeEntry:
+    func: Any
+    leaves: list[Any]  # _MetaTensor per tensor output, the value of any other
+    spec: Any
+    fresh: bool  # no output aliases an input (a view's answer is run, not replayed)
+    values: list[torch.Tensor] | None = None  # the outputs themselves, when all are small
+
+    def answer(self) -> tuple[Any, bool]:
+        """The recorded outputs - copies of their values when they were small (counts and
+        indices the loss reads on the host, e.g. `tolist()`, which no dispatch sees),
+        else hollow tensors of their shapes - and whether they are hollow."""
+        if self.values is not None:
+            it = iter(self.values)
+            return tree_unflatten([m.make().copy_(next(it)) if isinstance(m, _MetaTensor)
+                                   else m for m in self.leaves], self.spec), False
+        return tree_unflatten([m.make() if isinstance(m, _MetaTensor) else m
+                               for m in self.leaves], self.spec), True
+
+
+class LossTape:
+    """The ops of one training loss and what they answered (see StorageTracker.loss_tape)."""
+
+    def __init__(self) -> None:
+        self.entries: list[TapeEntry] = []
+        self.recorded = False
+        self.replaying = False
+        self._at = 0
+
+    def start(self) -> None:
+        self.replaying, self._at = self.recorded, 0
+
+    def stop(self) -> None:
+        if self.replaying and self._at != len(self.entries):
+            raise ReplayDiverged(f"the loss replay ran {self._at} of {len(self.entries)} ops")
+        self.recorded = True
+
+    def record(self, func: Any, out: Any, args: Any) -> None:
+        leaves, spec = tree_flatten(out)
+        tensors = [t for t in leaves if isinstance(t, torch.Tensor)]
+        fresh = _fresh(leaves, args)
+        small = fresh and all(t.untyped_storage().nbytes() <= SMALL_ANSWER for t in tensors)
+        values = [t.detach().clone() for t in tensors] if small else None
+        self.entries.append(TapeEntry(func, _describe(leaves), spec, fresh, values))
+
+    def next(self, func: Any) -> TapeEntry:
+        entry = self.entries[self._at] if self._at < len(self.entries) else None
+        if entry is None or entry.func != func:
+            raise ReplayDiverged(f"the loss replay diverged at op {self._at}: {func}, "
+                                 f"recorded {entry.func if entry else 'nothing'}")
+        self._at += 1
+        return entry
+
+    @staticmethod
+    def check(entry: TapeEntry | None, out: Any, args: Any) -> None:
+        leaves, spec = tree_flatten(out)
+        if entry is None or not entry.fresh or not _fresh(leaves, args):
+            return
+        got = [m if isinstance(m, _MetaTensor) else None for m in _describe(leaves)]
+        if got != [m if isinstance(m, _MetaTensor) else None for m in entry.leaves]:
+            raise ReplayDiverged(f"the loss replay's {entry.func} made other tensors than "
+                             "recorded")
+
+
+SMALL_ANSWER = 64 * 1024  # bytes: outputs up to this size are kept with their values
+
+
+def _describe(leaves: list[Any]) -> list[Any]:
+    return [_MetaTensor(t.size(), t.stride(), t.dtype) if isinstance(t, torch.Tensor) else t
+            for t in leaves]
+
+
+def _fresh(leaves: list[Any], args: Any) -> bool:
+    inputs = {t.untyped_storage()._cdata for t in _tensors(args)}
+    return not any(isinstance(t, torch.Tensor) and t.untyped_storage()._cdata in inputs
+                   for t in leaves)
 
 
 _NOT_DONE = object()
@@ -584,6 +708,7 @@ class StepConfig:
     iterations: int = 3
     validate: bool = True
     compute: str = "hollow"  # hollow | shape | exact (see the module doc)
+    replay_loss: bool = True  # hollow: iterations after the first replay the loss's answers
     seed: int = 0
 
 
@@ -879,13 +1004,14 @@ def run_traced(state: TrainState, tracker: StorageTracker,
                             + list(state.ema.ema.parameters()) + list(state.ema.ema.buffers()))
     tracker.phase = "step"
     analytic: dict[str, int] = {}
+    tape = LossTape() if cfg.replay_loss else None  # the same loss: recorded, then replayed
     with tracker, _assigner_phase(tracker):
         for i in range(cfg.iterations):
             if progress:
                 progress(f"iteration {i + 1}/{cfg.iterations}")
             step = i == 0 or i == cfg.iterations - 1
             found = _train_iteration(state.model, state.ema, state.optimizer, state.scaler,
-                                     state.host, cfg, tracker, step)
+                                     state.host, cfg, tracker, step, tape)
             analytic.update(found)
         if cfg.validate:
             if progress:
@@ -912,19 +1038,22 @@ def trace_training_step(model: torch.nn.Module, cfg: StepConfig,
 
 def _train_iteration(model: Any, ema: Any, optimizer: torch.optim.Optimizer,
                      scaler: torch.amp.GradScaler, host: dict[str, torch.Tensor],
-                     cfg: StepConfig, tracker: StorageTracker, step: bool = True
-                     ) -> dict[str, int]:
+                     cfg: StepConfig, tracker: StorageTracker, step: bool = True,
+                     tape: LossTape | None = None) -> dict[str, int]:
     with _autocast(cfg.amp):
         with tracker.in_phase("batch"):
             batch = _to_device(host, half=False, tracker=tracker)
         with tracker.in_phase("forward"):
             preds = model(batch["img"])
         with tracker.in_phase("loss"):
-            if tracker.zero_predictions:
-                tracker.zero_on_read(preds)
-            loss, items = model.loss(batch, preds)
-            del preds
-            total = loss.sum()
+            if getattr(model, "criterion", None) is None:  # as model.loss does, first call
+                model.criterion = model.init_criterion()
+            with tracker.loss_tape(tape):
+                if tracker.zero_predictions and not (tape and tape.recorded):  # replayed: hollow
+                    tracker.zero_on_read(preds)
+                loss, items = model.loss(batch, preds)
+                del preds
+                total = loss.sum()
     with tracker.in_phase("backward"):
         scaler.scale(total).backward()
     grads = [p.grad for p in model.parameters() if p.grad is not None]
