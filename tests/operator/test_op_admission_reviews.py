@@ -299,6 +299,9 @@ def test_not_an_admission_review_is_a_400(store: ProfileStore) -> None:
     ({"namespaces": [{"namespace": "a", "maxGpusAdmitted": -1}]},
      "spec.namespaces[0].maxGpusAdmitted: "),
     ({"namespaces": [{"namespace": "a"}, {"namespace": "a"}]}, "one rule per namespace"),
+    ({"defaultObjectsPerImage": 10}, "spec.defaultMeanObjectsPerImage: 16 is above "
+     "spec.defaultObjectsPerImage (10); a mean cannot exceed the densest image"),
+    ({"defaultObjectsPerImage": 10, "defaultMeanObjectsPerImage": 10}, None),
     ("junk", "spec: must be an object"),
     ({"classes": [{"name": "t4", "memory": "16GiB"}], "preference": ["t4"]}, None),
 ])

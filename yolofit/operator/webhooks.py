@@ -210,7 +210,12 @@ def policy_errors(raw: Any) -> list[str]:
         return [_field_errors(exc)]
     except RecursionError:
         return ["spec: nested too deeply"]
-    errors = [e for i, c in enumerate(spec.classes) for e in _class_size_errors(i, c)]
+    return ([e for i, c in enumerate(spec.classes) for e in _class_size_errors(i, c)]
+            + _name_errors(spec) + _density_errors(spec))
+
+
+def _name_errors(spec: GPUCapacityPolicySpec) -> list[str]:
+    errors = []
     names = [c.name for c in spec.classes]
     if len(set(names)) != len(names):
         errors.append("spec.classes: class names must be unique")
@@ -227,6 +232,15 @@ def policy_errors(raw: Any) -> list[str]:
     if len(set(seen)) != len(seen):
         errors.append("spec.namespaces: one rule per namespace")
     return errors
+
+
+def _density_errors(spec: GPUCapacityPolicySpec) -> list[str]:
+    mean, most = spec.default_mean_objects_per_image, spec.default_objects_per_image
+    if mean <= most:
+        return []
+    return [f"spec.defaultMeanObjectsPerImage: {mean} is above spec.defaultObjectsPerImage "
+            f"({most}); a mean cannot exceed the densest image: lower it or raise "
+            f"defaultObjectsPerImage"]
 
 
 def _class_size_errors(i: int, c: GpuClassSpec) -> list[str]:
