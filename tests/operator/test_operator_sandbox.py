@@ -164,7 +164,7 @@ def test_oom_replans_with_same_effective_batch(operator: Any, kubectl: Any, kube
     assert json.loads(margins)[f"{namespace}|yolov8n|t4"]["margin"] > 0  # per namespace
     finish_all(kube, namespace, "oom")
     wait_for(phase_is(kubectl, namespace, "oom", "Succeeded"), 30, what="job Succeeded")
-    assert 'yolofit_replans_total{gpu_class="t4"' in operator.metrics()
+    assert 'yolofit_replans_total{cause="OutOfMemory",gpu_class="t4"' in operator.metrics()
 
 
 def test_missing_dataset_fails_the_job_with_the_message(operator: Any, kubectl: Any,
