@@ -66,6 +66,11 @@ async def test_a_trace_over_the_budget_is_killed_with_the_reason(tmp_path: Path)
         assert store.get(hog) is None
         assert await profiler.start(hog) == error  # the job's status keeps saying why
         await _next_trace_works(profiler, finished, store)
+        profiler.retry_after = 0  # the interval has passed: a job asking traces it again
+        finished.keys.clear()
+        assert await profiler.start(hog) is None and hog.id not in profiler.failed
+        await finished.wait_for(hog)
+        assert profiler.failed[hog.id].startswith(error.split(": it reached")[0])  # anew
     finally:
         profiler.shutdown()
 

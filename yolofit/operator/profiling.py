@@ -5,13 +5,17 @@ estimator's tracer, configurable) has run in a worker process and the profile is
 Each trace gets its own worker under the memory budget (`trace_memory_budget`, the chart's
 `profiling.memoryBudgetMiB`): a worker over the budget, or killed by the OOM killer, fails
 its key with the reason ("trace of yolo11x@1280 was killed (memory budget 3.0 GiB ...)")
-and the next trace starts a fresh worker (yolofit.estimator.trace_worker).
+and the next trace starts a fresh worker (yolofit.estimator.trace_worker). A failed key
+answers with its reason for `retry_after` seconds (10 minutes), then is traced again when a
+job asks: a transient failure (a timeout on a busy node, the OOM killer acting for another
+container) heals without an operator restart; a lasting one costs a trace per interval.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Awaitable, Callable
 
 from yolofit.estimator.profile import Profile, ProfileKey, ProfileStore
@@ -23,19 +27,25 @@ log = logging.getLogger("yolofit.operator.profiling")
 class Profiler:
     def __init__(self, store: ProfileStore, builder: str,
                  done: Callable[[ProfileKey], Awaitable[None]], workers: int = 1,
-                 budget_bytes: int | None = None, timeout: float | None = None) -> None:
+                 budget_bytes: int | None = None, timeout: float | None = None,
+                 retry_after: float = 600.0) -> None:
         self.store, self.builder, self.done = store, builder, done
-        self.budget, self.timeout = budget_bytes, timeout
+        self.budget, self.timeout, self.retry_after = budget_bytes, timeout, retry_after
         self._slots = asyncio.Semaphore(workers)  # traces at once (each a whole CPU step)
         self.inflight: dict[str, asyncio.Task[None]] = {}
         self.running: dict[str, TraceRun] = {}  # key id -> its live worker
         self.failed: dict[str, str] = {}
+        self._failed_at: dict[str, float] = {}  # key id -> time.monotonic() of the failure
         self._closed = False
 
     async def start(self, key: ProfileKey) -> str | None:
         """Start tracing `key` unless it runs already; the error if tracing it failed."""
         if key.id in self.failed:
-            return self.failed[key.id]
+            if time.monotonic() - self._failed_at.get(key.id, 0.0) < self.retry_after:
+                return self.failed[key.id]
+            log.info("tracing %s again (it failed %.0f s ago: %s)", key.id,
+                     time.monotonic() - self._failed_at.get(key.id, 0.0), self.failed[key.id])
+            self.failed.pop(key.id)
         if key.id not in self.inflight:
             self.inflight[key.id] = asyncio.create_task(self._run(key))
         return None
@@ -52,14 +62,18 @@ class Profiler:
             log.info("traced %s", key.id)
         except TraceFailed as exc:
             log.warning("tracing %s failed: %s", key.id, exc)
-            self.failed[key.id] = str(exc)
+            self._fail(key, str(exc))
         except Exception as exc:  # noqa: BLE001 - any tracer failure marks the key
             log.exception("tracing %s failed", key.id)
-            self.failed[key.id] = str(exc)
+            self._fail(key, str(exc))
         finally:
             self.running.pop(key.id, None)
             self.inflight.pop(key.id, None)
         await self.done(key)
+
+    def _fail(self, key: ProfileKey, error: str) -> None:
+        self.failed[key.id] = error
+        self._failed_at[key.id] = time.monotonic()
 
     def shutdown(self) -> None:
         self._closed = True
