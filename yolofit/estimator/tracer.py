@@ -252,7 +252,7 @@ class StorageTracker(TorchDispatchMode):
         if self.phase in SHAPE_PHASES or (self._is_view(func) and func not in _MAY_COPY):
             return
         for t in _tensors(_values_read(func, args, kwargs)):
-            if isinstance(t, torch.Tensor) and t.device.type != "meta":
+            if t.device.type != "meta":
                 sid = self.live.get(t.untyped_storage()._cdata)
                 if sid is not None and sid in self._unread:
                     self._unread.discard(sid)
@@ -266,8 +266,8 @@ class StorageTracker(TorchDispatchMode):
         each op's answer; later iterations, whose loss reads the same zeroed predictions
         and batch, leave the predictions hollow and take the data-dependent answers (the
         assigner's foreground counts, `.item()` values) from the tape. Every op and every
-        output's shape, strides and dtype must match the recording, else HollowRead (and
-        the profile is traced in shape compute)."""
+        output's shape, strides and dtype must match the recording, else ReplayDiverged
+        (`build.trace_point` then traces the point with the loss computed every time)."""
         if tape is None or not self.hollow_mode:
             yield
             return
@@ -352,21 +352,19 @@ class StorageTracker(TorchDispatchMode):
             out = func(*args, **kwargs)
         aliasing = not self._returns_new(func)
         for t in _tensors(out):
-            if isinstance(t, torch.Tensor):
-                if aliasing and t.untyped_storage()._cdata not in self.live and not (
-                        func in _MAY_COPY and _is_copy(t, args)):
-                    continue  # a view or in-place result of a storage older than the trace
-                sid = self.track(t)
-                if ((meta and self.hollow_mode) or (self._hollow_empty and func in _EMPTY)) \
-                        and sid is not None:  # never computed
-                    self.hollow.add(sid)
+            if aliasing and t.untyped_storage()._cdata not in self.live and not (
+                    func in _MAY_COPY and _fresh([t], args)):  # it copied
+                continue  # a view or in-place result of a storage older than the trace
+            sid = self.track(t)
+            if ((meta and self.hollow_mode) or (self._hollow_empty and func in _EMPTY)) \
+                    and sid is not None:  # never computed
+                self.hollow.add(sid)
         return out
 
     def _reads_hollow(self, read: Any) -> bool:
         if not self.hollow:
             return False
-        return any(isinstance(t, torch.Tensor) and self._is_hollow(t)
-                   for t in _tensors(read))
+        return any(self._is_hollow(t) for t in _tensors(read))
 
     def _hollow_mutation(self, func: Any, args: Any, kwargs: Any) -> Any:
         """An op that writes into its arguments and reads a hollow value is not run (it
@@ -435,12 +433,12 @@ class TapeEntry:
         """The recorded outputs - copies of their values when they were small (counts and
         indices the loss reads on the host, e.g. `tolist()`, which no dispatch sees),
         else hollow tensors of their shapes - and whether they are hollow."""
-        if self.values is not None:
-            it = iter(self.values)
-            return tree_unflatten([m.make().copy_(next(it)) if isinstance(m, _MetaTensor)
-                                   else m for m in self.leaves], self.spec), False
-        return tree_unflatten([m.make() if isinstance(m, _MetaTensor) else m
-                               for m in self.leaves], self.spec), True
+        out = _make(self.leaves, self.spec)
+        if self.values is None:
+            return out, True
+        for t, v in zip(_tensors(out), self.values, strict=True):
+            t.copy_(v)
+        return out, False
 
 
 class LossTape:
@@ -496,6 +494,7 @@ def _describe(leaves: list[Any]) -> list[Any]:
 
 
 def _fresh(leaves: list[Any], args: Any) -> bool:
+    """No tensor among `leaves` shares a storage with a tensor of `args`."""
     inputs = {t.untyped_storage()._cdata for t in _tensors(args)}
     return not any(isinstance(t, torch.Tensor) and t.untyped_storage()._cdata in inputs
                    for t in leaves)
@@ -535,12 +534,6 @@ def _tensors(tree: Any) -> list[torch.Tensor]:
         elif isinstance(x, dict):
             stack.extend(reversed(list(x.values())))
     return found
-
-
-def _is_copy(out: torch.Tensor, args: Any) -> bool:
-    """`out` of a `_MAY_COPY` op is a new storage (it copied), not its input's."""
-    return all(out.untyped_storage()._cdata != t.untyped_storage()._cdata
-               for t in _tensors(args))
 
 
 def _values_read(func: Any, args: Any, kwargs: Any) -> Any:
@@ -584,9 +577,7 @@ def _shape_only(func: Any, args: Any, kwargs: Any, hollow: bool = False) -> Any:
             _META_ANSWERS.clear()
     if answer is _NOT_DONE:
         return _NOT_DONE
-    leaves, spec = answer
-    return tree_unflatten([m.make() if isinstance(m, _MetaTensor) else m for m in leaves],
-                          spec)
+    return _make(*answer)
 
 
 def _meta_answer(func: Any, args: Any, kwargs: Any, hollow: bool) -> Any:
@@ -599,15 +590,16 @@ def _meta_answer(func: Any, args: Any, kwargs: Any, hollow: bool) -> Any:
         out = func(*margs, **mkwargs)
     except Exception:  # data-dependent output shape or no meta kernel: compute it
         return _NOT_DONE
-    if hollow:  # a view its schema does not declare (_unsafe_view): run it, it is free
-        inputs = {t.untyped_storage()._cdata for t in tree_flatten((margs, mkwargs))[0]
-                  if isinstance(t, torch.Tensor)}
-        if any(isinstance(t, torch.Tensor) and t.untyped_storage()._cdata in inputs
-               for t in tree_flatten(out)[0]):
-            return _NOT_DONE
     leaves, spec = tree_flatten(out)
-    return ([_MetaTensor(m.size(), m.stride(), m.dtype) if isinstance(m, torch.Tensor)
-             else m for m in leaves], spec)
+    if hollow and not _fresh(leaves, (margs, mkwargs)):  # a view its schema does not
+        return _NOT_DONE  # declare (_unsafe_view): run it, it is free
+    return _describe(leaves), spec
+
+
+def _make(leaves: list[Any], spec: Any) -> Any:
+    """Outputs from `_describe`d leaves: uninitialised tensors of the recorded shapes."""
+    return tree_unflatten([m.make() if isinstance(m, _MetaTensor) else m for m in leaves],
+                          spec)
 
 
 class _MetaTensor(tuple):  # type: ignore[type-arg]
