@@ -92,8 +92,14 @@ def test_two_replicas_never_admit_past_the_quota(replicas: list[Any], kubectl: A
 
         finish_admitted()
         replicas[0].kill()  # the leader dies; the standby takes over after the lifetime
-        wait_for(lambda: (finish_admitted(), len(done) == len(names))[1], 120,
-                 what="every job run, the standby admitting after the takeover")
+        try:
+            wait_for(lambda: (finish_admitted(), len(done) == len(names))[1], 120,
+                     what="every job run, the standby admitting after the takeover")
+        except AssertionError as e:
+            states = {n: (get_job(kubectl, namespace, n).get("status") or {}) for n in names}
+            raise AssertionError(f"{e}\njobs: {json.dumps(states, indent=1)}\n"
+                                 f"leader log:\n{replicas[0].log_tail(40)}\n"
+                                 f"standby log:\n{replicas[1].log_tail(160)}") from None
         for name in names:
             wait_for(lambda n=name: (get_job(kubectl, namespace, n).get("status") or {}).get(
                 "phase") == "Succeeded", 60, what=f"{name} Succeeded")
