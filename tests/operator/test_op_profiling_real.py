@@ -2,7 +2,7 @@
 
 Every other operator and CLI test replaces the builder with a stand-in (opfixtures.build_profile)
 so a job is not held up by tracing. This one runs what production runs: the operator's
-Profiler starts the default builder (the estimator's tracer) in a spawned worker process, the
+Profiler starts the default builder (the estimator's tracer) in a worker process, the
 profile lands in the store's cache directory, and the planner plans from it.
 """
 

@@ -50,6 +50,10 @@ BATCH_POINTS: tuple[tuple[int, int], ...] = ((4, 4), (8, 4))
 OBJECT_POINTS: tuple[tuple[int, int], ...] = ((2, 128), (2, 256))
 MEAN_POINT: tuple[int, int] = (4, 16)  # batch as BATCH_POINTS[0], more (sparse) labels
 POINTS: tuple[tuple[int, ...], ...] = (*BATCH_POINTS, *OBJECT_POINTS, MEAN_POINT)
+# What a trace imports (build.py imports it lazily): a trace worker's server imports these
+# once, so each worker forked from it starts without them (trace_worker.preload_modules).
+TRACE_PRELOAD = ("yolofit.estimator.tracer", "yolofit.estimator.models",
+                 "ultralytics.nn.tasks", "ultralytics.utils.loss", "torch._dynamo")
 PROFILE_CATEGORIES = ("weights", "gradients", "optimizer_state", "ema", "activations", "loss",
                       "validation", "temporaries")
 

@@ -9,6 +9,14 @@ worker killed from outside (the kernel's OOM killer, a person) is reported the s
 Nothing outlives a trace, so one killed trace never breaks the next one (the process pool
 this replaces died with its worker and failed every later trace).
 
+Workers are forked from a forkserver (where the platform has one; else spawned) that has
+imported the builder's module and what it names in `TRACE_PRELOAD` (the tracer: torch,
+Ultralytics, torch._dynamo, which torch's meta kernels import on first use): a fresh worker
+then starts in milliseconds instead of importing them again, ~8 s of a yolo11n@640 first
+estimate on 2 cores (benchmarks/RESULTS.md). The server holds no trace state: each worker
+is a fresh fork of a process that has only imported modules. `start_server` starts it
+ahead of the first trace (the operator does at startup); otherwise the first trace does.
+
 The budget is one number the chart and the operator share (`profiling.memoryBudgetMiB` in
 the chart sets both the operator's `trace_memory_budget` and its container's memory limit,
 budget plus the operator's own share), and `--memory-budget` of `yolofit estimate`.
@@ -95,19 +103,64 @@ def describe(key_dict: dict[str, Any]) -> str:
     return f"{key_dict.get('model', '?')}@{key_dict.get('imgsz', '?')}"
 
 
+def preload_modules(builder: str) -> list[str]:
+    """The modules a worker of `builder` (module:function) imports: the module, and those
+    it lists in TRACE_PRELOAD (imported lazily there, to keep the module itself light)."""
+    module = builder.partition(":")[0]
+    return [module, *getattr(importlib.import_module(module), "TRACE_PRELOAD", ())]
+
+
+def _context(builder: str) -> Any:
+    """forkserver (no copy of the caller's threads, imports done once), else spawn."""
+    if "forkserver" not in multiprocessing.get_all_start_methods():
+        return multiprocessing.get_context("spawn")
+    ctx = multiprocessing.get_context("forkserver")
+    ctx.set_forkserver_preload(preload_modules(builder))  # read when the server starts
+    return ctx
+
+
+def start_server(builder: str) -> bool:
+    """Start the process workers fork from, importing `builder`'s modules in it now (in the
+    background: this returns at once); False where workers are spawned instead."""
+    if _context(builder).get_start_method() != "forkserver":
+        return False
+    from multiprocessing import forkserver
+
+    forkserver.ensure_running()
+    return True
+
+
+def _start(ctx: Any, builder: str, key_dict: dict[str, Any], conn: Connection,
+           attempts: int = 3) -> Any:
+    """Start the worker. A server that died (the OOM killer) just before can still look
+    alive to the request, which then fails; the next attempt starts a new server."""
+    for attempt in range(attempts):
+        process = ctx.Process(target=_child, args=(builder, key_dict, conn),
+                              name=f"yolofit-trace {describe(key_dict)}", daemon=True)
+        try:
+            process.start()
+            return process
+        except (EOFError, ConnectionError) as exc:
+            if attempt == attempts - 1:
+                raise TraceFailed(f"could not start a trace worker for "
+                                  f"{describe(key_dict)}: {type(exc).__name__}: {exc}") from exc
+            time.sleep(0.2)
+    raise AssertionError("unreachable")
+
+
 class TraceRun:
     """One worker process running `builder(ProfileKey)`; `wait()` returns the profile as a
     dict or raises TraceFailed. `kill()` may be called from any thread."""
 
     def __init__(self, builder: str, key_dict: dict[str, Any],
                  budget_bytes: int | None = None) -> None:
-        ctx = multiprocessing.get_context("spawn")  # no copy of the caller's threads
+        ctx = _context(builder)
         self.key_dict, self.budget = key_dict, budget_bytes
         self._conn, child = ctx.Pipe(duplex=False)
-        self.process = ctx.Process(target=_child, args=(builder, key_dict, child),
-                                   name=f"yolofit-trace {describe(key_dict)}", daemon=True)
-        self.process.start()
-        child.close()
+        try:
+            self.process = _start(ctx, builder, key_dict, child)
+        finally:
+            child.close()
         self.peak_rss = 0
         self.over_budget = False
 
@@ -179,4 +232,5 @@ def trace_in_worker(builder: str, key_dict: dict[str, Any], budget_bytes: int | 
     return run.wait(timeout)
 
 
-__all__ = ["TraceFailed", "TraceRun", "limit_heap_retention", "rss_bytes", "trace_in_worker"]
+__all__ = ["TraceFailed", "TraceRun", "limit_heap_retention", "preload_modules", "rss_bytes",
+           "start_server", "trace_in_worker"]

@@ -19,6 +19,7 @@ from typing import Any, cast
 
 import kopf
 
+from yolofit.estimator import trace_worker
 from yolofit.estimator.profile import ProfileKey, ProfileStore
 from yolofit.operator import (
     admission_server,
@@ -119,6 +120,10 @@ class Operator:
         log.info("gang placement: %s", "PodGroup (scheduling.k8s.io/v1beta1)"
                  if self.world.pod_groups else "scheduling gates + placement check")
         await self._prime()
+        if s.trace_server and await asyncio.to_thread(trace_worker.start_server,
+                                                       s.profile_builder):
+            log.info("trace workers fork from a server importing %s",
+                     ", ".join(trace_worker.preload_modules(s.profile_builder)))
         if s.install_webhooks:
             await self._start_admission()
         loop = asyncio.get_running_loop()

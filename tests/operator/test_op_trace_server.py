@@ -1,0 +1,62 @@
+"""Trace workers fork from a server that has imported the builder's modules
+(yolofit.estimator.trace_worker.start_server), in a fresh Python each: the forkserver is one
+per process, so the pytest process's own (started by earlier tests) would hide the preload."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from yolofit.estimator.trace_worker import preload_modules
+
+HERE = Path(__file__).parent
+SCRIPT = """
+import json, os, signal, sys
+from multiprocessing import forkserver
+from yolofit.estimator import trace_worker as tw
+from yolofit.estimator.build import key_for
+if __name__ == "__main__":
+    started = tw.start_server("preloadprobe:probe")
+    key = key_for("yolov8n", 64).to_dict()
+    out = [tw.trace_in_worker("preloadprobe:probe", key, timeout=60)]
+    if sys.argv[1] == "kill-server":  # as the OOM killer would
+        os.kill(forkserver._forkserver._forkserver_pid, signal.SIGKILL)
+    out.append(tw.trace_in_worker("preloadprobe:probe", key, timeout=60))
+    print(json.dumps({"started": started, "me": os.getpid(), "runs": out}))
+"""
+
+
+def run(mode: str) -> dict[str, object]:
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(HERE), os.getcwd()])}
+    proc = subprocess.run([sys.executable, "-c", SCRIPT, mode], env=env, capture_output=True,
+                          text=True, timeout=120, check=False)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return dict(json.loads(proc.stdout.strip().splitlines()[-1]))
+
+
+def test_workers_fork_from_a_server_that_imported_the_builders_modules() -> None:
+    out = run("server")
+    assert out["started"] is True
+    runs = out["runs"]
+    assert isinstance(runs, list) and len(runs) == 2
+    for r in runs:  # imported before the builder ran, in a process that is not the caller
+        assert r["preloaded"] is True and r["model"] == "yolov8n"
+        assert r["ppid"] != out["me"]
+    assert runs[0]["pid"] != runs[1]["pid"]  # a fresh worker per trace
+    assert runs[0]["ppid"] == runs[1]["ppid"]  # ... forked from the same server
+
+
+def test_a_killed_server_is_started_again_by_the_next_trace() -> None:
+    runs = run("kill-server")["runs"]
+    assert isinstance(runs, list)
+    assert runs[1]["preloaded"] is True and runs[1]["ppid"] != runs[0]["ppid"]
+
+
+def test_the_real_builder_preloads_the_tracer_and_what_it_imports() -> None:
+    modules = preload_modules("yolofit.estimator.build:build_profile")
+    assert modules[0] == "yolofit.estimator.build"
+    assert {"yolofit.estimator.tracer", "ultralytics.nn.tasks", "torch._dynamo"} <= set(modules)
+    assert preload_modules("preloadprobe:probe") == ["preloadprobe", "xml.dom.minidom"]
