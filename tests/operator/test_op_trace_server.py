@@ -1,6 +1,7 @@
 """Trace workers fork from a server that has imported the builder's modules
-(yolofit.estimator.trace_worker.start_server), in a fresh Python each: the forkserver is one
-per process, so the pytest process's own (started by earlier tests) would hide the preload."""
+(yolofit.estimator.trace_worker.start_server). The preload tests run in a fresh Python each:
+the forkserver is one per process, so the pytest process's own (started by earlier tests)
+would hide the preload."""
 
 from __future__ import annotations
 
@@ -9,6 +10,8 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+
+import pytest
 
 from yolofit.estimator.trace_worker import preload_modules
 
@@ -60,3 +63,14 @@ def test_the_real_builder_preloads_the_tracer_and_what_it_imports() -> None:
     assert modules[0] == "yolofit.estimator.build"
     assert {"yolofit.estimator.tracer", "ultralytics.nn.tasks", "torch._dynamo"} <= set(modules)
     assert preload_modules("preloadprobe:probe") == ["preloadprobe", "xml.dom.minidom"]
+
+
+def test_a_builder_that_does_not_import_fails_its_trace_with_the_reason() -> None:
+    """Not the operator's startup: the server still starts, and each trace says why."""
+    from yolofit.estimator.build import key_for
+    from yolofit.estimator.trace_worker import TraceFailed, start_server, trace_in_worker
+
+    assert preload_modules("no_such_module:build") == ["no_such_module"]
+    start_server("no_such_module:build")
+    with pytest.raises(TraceFailed, match="ModuleNotFoundError: No module named 'no_such_module'"):
+        trace_in_worker("no_such_module:build", key_for("yolov8n", 64).to_dict(), timeout=60)

@@ -107,7 +107,11 @@ def preload_modules(builder: str) -> list[str]:
     """The modules a worker of `builder` (module:function) imports: the module, and those
     it lists in TRACE_PRELOAD (imported lazily there, to keep the module itself light)."""
     module = builder.partition(":")[0]
-    return [module, *getattr(importlib.import_module(module), "TRACE_PRELOAD", ())]
+    try:
+        extra = getattr(importlib.import_module(module), "TRACE_PRELOAD", ())
+    except Exception:  # noqa: BLE001 - a bad builder fails its traces, with the reason
+        extra = ()
+    return [module, *extra]
 
 
 def _context(builder: str) -> Any:
