@@ -111,3 +111,6 @@ def test_two_replicas_never_admit_past_the_quota(replicas: list[Any], kubectl: A
     assert all(len(pods_of(kube, namespace, n)) == 1 for n in names)  # none launched twice
     log = replicas[1].log_path.read_text(errors="replace")
     assert "this replica leads now; re-listing before acting" in log
+    # a standby holds no trace server (~700 MiB with the real builder) until it leads
+    assert log.find("trace workers fork from a server") > log.index(
+        "this replica leads now; re-listing before acting")

@@ -15,7 +15,8 @@ Ultralytics, torch._dynamo, which torch's meta kernels import on first use): a f
 then starts in milliseconds instead of importing them again, ~8 s of a yolo11n@640 first
 estimate on 2 cores (benchmarks/RESULTS.md). The server holds no trace state: each worker
 is a fresh fork of a process that has only imported modules. `start_server` starts it
-ahead of the first trace (the operator does at startup); otherwise the first trace does.
+ahead of the first trace (the operator's leading replica does); otherwise the first trace
+does.
 
 The budget is one number the chart and the operator share (`profiling.memoryBudgetMiB` in
 the chart sets both the operator's `trace_memory_budget` and its container's memory limit,

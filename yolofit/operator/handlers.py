@@ -120,10 +120,8 @@ class Operator:
         log.info("gang placement: %s", "PodGroup (scheduling.k8s.io/v1beta1)"
                  if self.world.pod_groups else "scheduling gates + placement check")
         await self._prime()
-        if s.trace_server and await asyncio.to_thread(trace_worker.start_server,
-                                                       s.profile_builder):
-            log.info("trace workers fork from a server importing %s",
-                     ", ".join(trace_worker.preload_modules(s.profile_builder)))
+        if self.leading:  # standalone; with peering, when this replica comes to lead
+            await self._start_trace_server()
         if s.install_webhooks:
             await self._start_admission()
         loop = asyncio.get_running_loop()
@@ -302,10 +300,21 @@ class Operator:
             async with self._relist_lock:
                 await self._relist_now()
             self.leading = True
+            await self._start_trace_server()
             await self._resync()
         elif not now_leading and self.leading:
             log.info("peering: another replica leads; standing by")
             self.leading = False
+
+    async def _start_trace_server(self) -> None:
+        """Only the replica that leads traces: a standby holds no trace server (~700 MiB)
+        until it takes over. Starting returns at once; the server imports in the
+        background. Once started it stays, should leadership move away and back."""
+        s = self.settings
+        if s.trace_server and await asyncio.to_thread(trace_worker.start_server,
+                                                       s.profile_builder):
+            log.info("trace workers fork from a server importing %s",
+                     ", ".join(trace_worker.preload_modules(s.profile_builder)))
 
     async def _every(self, seconds: float, fn: Any) -> None:
         while True:

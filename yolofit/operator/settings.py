@@ -79,11 +79,12 @@ class OperatorSettings(BaseSettings):
                                             "no budget.")
     trace_timeout: float = Field(1800.0, gt=0, description="Seconds one profile trace may "
                                  "take before its worker is stopped.")
-    trace_server: bool = Field(True, description="Start, at startup, the process trace "
-                               "workers fork from, with the profile builder's modules (torch, "
-                               "Ultralytics) imported: a first estimate then does not import "
-                               "them (~8 s on 2 cores). It holds ~700 MiB while idle. False: "
-                               "the first trace starts it.")
+    trace_server: bool = Field(True, description="Start the process trace workers fork "
+                               "from, with the profile builder's modules (torch, Ultralytics) "
+                               "imported, when this replica starts to lead (at startup when "
+                               "standalone): a first estimate then does not import them (~8 s "
+                               "on 2 cores). It holds ~700 MiB while idle; a standby holds "
+                               "none. False: the first trace starts it.")
     peering: str | None = Field(None, description="kopf peering name for leader election "
                                 "between replicas; None = standalone.")
     peering_priority: int | None = Field(None, ge=0, le=2**31 - 1, description="kopf peering "
