@@ -121,14 +121,11 @@ def run_worker(models: list[str], sizes: list[int], repeat: int) -> list[dict[st
 
 def render_worker(rows: list[dict[str, Any]], args: argparse.Namespace, started: dt.datetime,
                   load_before: str, load_after: str) -> str:
-    cpu = platform.processor() or platform.machine()
     lines = [WORKER_HEADING, "",
              f"Command: `YOLO_OFFLINE=1 .venv/bin/python benchmarks/trace_memory.py --worker "
              f"--models {' '.join(args.models)} --imgsz {' '.join(map(str, args.imgsz))} "
              f"--repeat {args.repeat}{' --write' if args.write else ''}`",
-             f"Machine: {os.cpu_count()} cores ({cpu}), shared (noisy: compare the columns of "
-             f"one run). Date: {started:%Y-%m-%d %H:%M} UTC. Load average (1/5/15 min) "
-             f"{load_before} before, {load_after} after.", "",
+             _machine(started, load_before, load_after), "",
              f"Each cell: median over {args.repeat} runs (arms alternating, each in a fresh "
              "process) of the wall time from starting the worker to holding the profile "
              "(fp16, AdamW, nc 80), and the worker's peak resident memory as the budget "
@@ -143,6 +140,14 @@ def render_worker(rows: list[dict[str, Any]], args: argparse.Namespace, started:
         lines.append(f"| {r['model']} | {r['imgsz']} | {_arm(a)} | {_arm(b)} | {ratio} | "
                      f"{same} |")
     return "\n".join(lines) + "\n"
+
+
+def _machine(started: dt.datetime, load_before: str, load_after: str) -> str:
+    cpu = platform.processor() or platform.machine()
+    return (f"Machine: {os.cpu_count()} cores ({cpu}), shared with other sessions' builds and "
+            f"tests (noisy: absolute seconds are load, compare columns of one run); Python "
+            f"{platform.python_version()}. Date: {started:%Y-%m-%d %H:%M} UTC. Load average "
+            f"(1/5/15 min) {load_before} before, {load_after} after.")
 
 
 def _arm(c: dict[str, Any] | None) -> str:
@@ -234,7 +239,6 @@ def _cell(c: dict[str, Any] | None) -> str:
 
 def render(rows: list[dict[str, Any]], args: argparse.Namespace, started: dt.datetime,
            load_before: str, load_after: str) -> str:
-    cpu = platform.processor() or platform.machine()
     lines = [HEADING, "",
              f"Command: `YOLO_OFFLINE=1 .venv/bin/python benchmarks/trace_memory.py --family "
              f"{args.family} --scales {' '.join(args.scales)} --imgsz "
@@ -242,10 +246,7 @@ def render(rows: list[dict[str, Any]], args: argparse.Namespace, started: dt.dat
              f"{f' --old-repeat {args.old_repeat}' if args.old_repeat else ''}"
              f" --old-max-params {args.old_max_params:g}"
              f"{' --write' if args.write else ''}`",
-             f"Machine: {os.cpu_count()} cores ({cpu}), shared with other sessions' builds and "
-             f"tests (noisy: absolute seconds are load, compare columns of one run); Python "
-             f"{platform.python_version()}. Date: {started:%Y-%m-%d %H:%M} UTC. Load average "
-             f"(1/5/15 min) {load_before} before, {load_after} after.",
+             _machine(started, load_before, load_after),
              "",
              "Each cell: median wall time / median peak RSS (`/usr/bin/time -f \"%e s %M KiB\"`) "
              f"of {args.repeat} cold processes (old path: {args.old_repeat or args.repeat}) "

@@ -139,18 +139,18 @@ def _start(ctx: Any, builder: str, key_dict: dict[str, Any], conn: Connection,
            attempts: int = 3) -> Any:
     """Start the worker. A server that died (the OOM killer) just before can still look
     alive to the request, which then fails; the next attempt starts a new server."""
-    for attempt in range(attempts):
+    error: Exception | None = None
+    for _ in range(attempts):
         process = ctx.Process(target=_child, args=(builder, key_dict, conn),
                               name=f"yolofit-trace {describe(key_dict)}", daemon=True)
         try:
             process.start()
             return process
         except (EOFError, ConnectionError) as exc:
-            if attempt == attempts - 1:
-                raise TraceFailed(f"could not start a trace worker for "
-                                  f"{describe(key_dict)}: {type(exc).__name__}: {exc}") from exc
+            error = exc
             time.sleep(0.2)
-    raise AssertionError("unreachable")
+    raise TraceFailed(f"could not start a trace worker for {describe(key_dict)}: "
+                      f"{type(error).__name__}: {error}") from error
 
 
 class TraceRun:
