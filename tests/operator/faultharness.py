@@ -47,7 +47,7 @@ class Harness:
         self.world.margins.update(feedback.decode_margins((cm or {}).get("data")))
         self.r = Reconciler(self.world, self.api,
                             lambda b, t, reason, m: self.events.append((t, reason, m)),
-                            lambda key: asyncio.sleep(0, None))
+                            lambda key, ns: asyncio.sleep(0, None))
         self.r._wake_later = lambda key, delay: self.wakes.append(delay)  # type: ignore[method-assign]
         self.sync()
 

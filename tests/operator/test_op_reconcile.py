@@ -44,7 +44,7 @@ def setup(tmp_path: Path, nodes: int = 2, gpus: int = 4, served: dict[str, Any] 
     api = FakeKube(served)
     events: list[tuple[str, str]] = []
     r = Reconciler(world, api, lambda b, t, reason, m: events.append((reason, m)),  # type: ignore[arg-type]
-                   lambda key: asyncio.sleep(0, None))
+                   lambda key, ns: asyncio.sleep(0, None))
     if served:
         run(r.gangs.discover())
     return world, api, r, events

@@ -290,7 +290,7 @@ def _job(uid: str = "uid-1") -> dict[str, Any]:
 
 def _reconciler(world: World, api: RecordingKube, events: list[tuple[str, str]]) -> Reconciler:
     r = Reconciler(world, api, lambda b, t, reason, m: events.append((reason, m)),  # type: ignore[arg-type]
-                   lambda key: asyncio.sleep(0, None))
+                   lambda key, ns: asyncio.sleep(0, None))
     r.trust_spec_plan = False
     return r
 

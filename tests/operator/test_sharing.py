@@ -280,7 +280,7 @@ def test_reconcile_creates_the_claim_template_before_the_pods(tmp_path: Path) ->
            "spec": {"model": "yolov8n", "data": "/d.yaml", "gpus": {"nodes": 1, "perNode": 1}}}
     world.jobs[("ns", "j")] = job
     api = FakeKube()
-    r = Reconciler(world, api, lambda *a: None, lambda key: asyncio.sleep(0, None))  # type: ignore[arg-type]
+    r = Reconciler(world, api, lambda *a: None, lambda key, ns: asyncio.sleep(0, None))  # type: ignore[arg-type]
     asyncio.run(r.reconcile(("ns", "j")))
     created = [c[1] for c in api.calls if c[0] == "create"]
     template = f"{dra.templates_path('ns')}/j-gpu-0"

@@ -63,7 +63,7 @@ def test_a_two_rank_pod_reports_both_ranks_into_status(dataset: Path, tmp_path: 
                     "args": {"warmup_epochs": 0, "seed": 0, "plots": False}}}
     world.jobs[("ns", "duo")] = job
     api = Fake()
-    r = Reconciler(world, api, lambda *a: None, lambda key: asyncio.sleep(0, None))  # type: ignore[arg-type]
+    r = Reconciler(world, api, lambda *a: None, lambda key, ns: asyncio.sleep(0, None))  # type: ignore[arg-type]
     r.trust_spec_plan = False
     asyncio.run(r.reconcile(("ns", "duo")))
     pod = api.objects[kube.pods_path("ns", "duo-worker-0")]

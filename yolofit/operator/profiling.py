@@ -9,6 +9,9 @@ and the next trace starts a fresh worker (yolofit.estimator.trace_worker). A fai
 answers with its reason for `retry_after` seconds (10 minutes), then is traced again when a
 job asks: a transient failure (a timeout on a busy node, the OOM killer acting for another
 container) heals without an operator restart; a lasting one costs a trace per interval.
+
+Keys wait in a queue fair across namespaces (`trace_queue.TraceQueue`): one tenant's burst
+of new keys does not hold another namespace's first estimate behind all of it.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ from collections.abc import Awaitable, Callable
 
 from yolofit.estimator.profile import Profile, ProfileKey, ProfileStore
 from yolofit.estimator.trace_worker import TraceFailed, TraceRun, trace_in_worker
+from yolofit.operator.trace_queue import TraceQueue
 
 log = logging.getLogger("yolofit.operator.profiling")
 
@@ -31,33 +35,41 @@ class Profiler:
                  retry_after: float = 600.0) -> None:
         self.store, self.builder, self.done = store, builder, done
         self.budget, self.timeout, self.retry_after = budget_bytes, timeout, retry_after
-        self._slots = asyncio.Semaphore(workers)  # traces at once (each a whole CPU step)
-        self.inflight: dict[str, asyncio.Task[None]] = {}
+        self.workers = workers  # traces at once (each a whole CPU for its duration)
+        self.queue: TraceQueue[ProfileKey] = TraceQueue()  # asked for, not started
+        self.inflight: dict[str, asyncio.Task[None]] = {}  # started, not finished
         self.running: dict[str, TraceRun] = {}  # key id -> its live worker
         self.failed: dict[str, str] = {}
         self._failed_at: dict[str, float] = {}  # key id -> time.monotonic() of the failure
         self._closed = False
 
-    async def start(self, key: ProfileKey) -> str | None:
-        """Start tracing `key` unless it runs already; the error if tracing it failed."""
+    async def start(self, key: ProfileKey, namespace: str = "") -> str | None:
+        """Queue `key` for tracing (in `namespace`'s line) unless it is queued or running
+        already; the error if tracing it failed."""
         if key.id in self.failed:
             if time.monotonic() - self._failed_at.get(key.id, 0.0) < self.retry_after:
                 return self.failed[key.id]
             log.info("tracing %s again (it failed %.0f s ago: %s)", key.id,
                      time.monotonic() - self._failed_at.get(key.id, 0.0), self.failed[key.id])
             self.failed.pop(key.id)
-        if key.id not in self.inflight:
-            self.inflight[key.id] = asyncio.create_task(self._run(key))
+        if key.id not in self.inflight and key not in self.queue:
+            self.queue.push(namespace, key)
+            self._pump()
         return None
+
+    def _pump(self) -> None:
+        """Start the next queued traces while fewer than `workers` run."""
+        while not self._closed and len(self.inflight) < self.workers:
+            key = self.queue.pop()
+            if key is None:
+                return
+            self.inflight[key.id] = asyncio.create_task(self._run(key))
 
     async def _run(self, key: ProfileKey) -> None:
         try:
-            async with self._slots:
-                if self._closed:
-                    return
-                data = await asyncio.to_thread(
-                    trace_in_worker, self.builder, key.to_dict(), self.budget, self.timeout,
-                    lambda run: self.running.__setitem__(key.id, run))
+            data = await asyncio.to_thread(
+                trace_in_worker, self.builder, key.to_dict(), self.budget, self.timeout,
+                lambda run: self.running.__setitem__(key.id, run))
             self.store.put(Profile.from_dict(data))
             log.info("traced %s", key.id)
         except TraceFailed as exc:
@@ -69,6 +81,7 @@ class Profiler:
         finally:
             self.running.pop(key.id, None)
             self.inflight.pop(key.id, None)
+            self._pump()
         await self.done(key)
 
     def _fail(self, key: ProfileKey, error: str) -> None:
@@ -77,5 +90,6 @@ class Profiler:
 
     def shutdown(self) -> None:
         self._closed = True
+        self.queue.clear()
         for run in list(self.running.values()):
             run.kill()

@@ -1,0 +1,44 @@
+"""The profiler traces missing keys fairly across namespaces: a namespace that asks for one
+key after another namespace asked for many gets the next free worker, not the end of the
+line. Real worker processes with the stand-in builder of opfixtures (about a second each)."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+from yolofit.estimator.profile import ProfileKey, ProfileStore
+from yolofit.operator.profiling import Profiler
+
+BUILDER = "opfixtures:build_profile"
+
+
+def _key(nc: int) -> ProfileKey:
+    return ProfileKey("yolov8n", "abc123def456", 640, "fp16", "AdamW", nc, False)
+
+
+async def test_one_namespaces_burst_does_not_hold_another_namespaces_first_estimate(
+        tmp_path: Path) -> None:
+    store = ProfileStore(cache_dir=tmp_path, shipped=None)
+    order: list[int] = []
+    all_done = asyncio.Event()
+
+    async def done(key: ProfileKey) -> None:
+        order.append(key.nc)
+        if len(order) == 3:
+            all_done.set()
+
+    profiler = Profiler(store, BUILDER, done, workers=1)
+    try:
+        burst, quiet = [_key(nc) for nc in (3, 4)], _key(5)
+        for key in burst:  # the first starts at once, the second waits
+            assert await profiler.start(key, "flood") is None
+        assert await profiler.start(burst[1], "flood") is None  # asked again: queued once
+        assert await profiler.start(quiet, "quiet") is None
+        assert len(profiler.inflight) == 1 and len(profiler.queue) == 2
+        await asyncio.wait_for(all_done.wait(), 120)
+        assert order == [3, 5, 4]  # first come, first served would be [3, 4, 5]
+        assert all(store.get(k) is not None for k in (*burst, quiet))
+        assert not profiler.inflight and len(profiler.queue) == 0
+    finally:
+        profiler.shutdown()

@@ -1,0 +1,69 @@
+"""Which missing profile is traced next: round robin over the namespaces that asked.
+
+Traces are few at a time (one by default) and each takes a CPU for tens of seconds, so
+the order of the queue is a shared resource. First come, first served would let one tenant
+that applies many jobs with distinct profile keys (another `nc`, `imgsz` or model each)
+hold every other namespace's first estimate behind all of them. Here each namespace has
+its own first-in, first-out line, and the next trace is the oldest key of the namespace
+served least recently (one never served first, in the order they asked): a namespace waits
+behind at most one trace of each other namespace with keys queued, however many those
+queued. A namespace remembers when it was last served after its line empties, so asking
+again right after being served does not put it first.
+
+A key is queued once, under the namespace that asked first (its profile serves every
+namespace when stored). Pure: no asyncio, no Kubernetes.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Hashable
+from typing import Generic, TypeVar
+
+Item = TypeVar("Item", bound=Hashable)
+
+
+class TraceQueue(Generic[Item]):
+    """Per-namespace FIFO lines, the least recently served first."""
+
+    def __init__(self) -> None:
+        self._lines: dict[str, deque[Item]] = {}  # non-empty lines, in the order they came
+        self._queued: set[Item] = set()
+        self._served: dict[str, int] = {}  # namespace -> when it was last served (a count)
+        self._pops = 0
+
+    def push(self, namespace: str, item: Item) -> bool:
+        """Queue `item` at the end of `namespace`'s line; False if it is queued already."""
+        if item in self._queued:
+            return False
+        self._queued.add(item)
+        self._lines.setdefault(namespace, deque()).append(item)
+        return True
+
+    def pop(self) -> Item | None:
+        """The oldest item of the namespace served least recently (None when empty)."""
+        if not self._lines:
+            return None
+        namespace = min(self._lines, key=lambda ns: self._served.get(ns, -1))  # first wins ties
+        line = self._lines[namespace]
+        item = line.popleft()
+        if not line:
+            del self._lines[namespace]
+        self._served[namespace] = self._pops
+        self._pops += 1
+        self._queued.discard(item)
+        return item
+
+    def clear(self) -> None:
+        self._lines.clear()
+        self._queued.clear()
+        self._served.clear()
+
+    def __contains__(self, item: object) -> bool:
+        return item in self._queued
+
+    def __len__(self) -> int:
+        return len(self._queued)
+
+
+__all__ = ["TraceQueue"]
