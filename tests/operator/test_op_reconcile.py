@@ -101,6 +101,14 @@ def test_never_launches_a_user_written_spec_plan_and_is_idempotent(tmp_path: Pat
     for i in (0, 1):
         assert api.patches(f"{PODS}/j-worker-{i}") == [{"spec": {"schedulingGates": None}}]
 
+    # A pass whose pod cache lags (the watch has not delivered the pods yet): the creates
+    # answer 409 AlreadyExists, which is not a second launch (no second Launched event).
+    world.pods.pop(("ns", "j"), None)
+    events.clear()
+    run(r.reconcile(("ns", "j")))
+    assert api.created()[-2:] == ["j-worker-0", "j-worker-1"]
+    assert "Launched" not in [e for e, _ in events]
+
 
 def test_two_gangs_for_one_pool_one_runs_the_other_waits_queued_without_gpus(
         tmp_path: Path) -> None:

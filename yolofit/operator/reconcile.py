@@ -362,8 +362,8 @@ class Reconciler(FailureActions, ReplanActions):
             result = await self.api.create(kube.pods_path(ns), pod)
             if result is not None:  # 409: not taken as ours; the watch shows whose it is
                 self.world.pods[key][pod_name] = result
+                created = True  # (a 409 is a pod an earlier pass made: launched already)
             existing.add(pod_name)
-            created = True
         return created
 
     async def _ungate(self, key: Key, gated: list[str]) -> None:
