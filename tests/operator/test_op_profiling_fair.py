@@ -1,6 +1,7 @@
 """The profiler traces missing keys fairly across namespaces: a namespace that asks for one
 key after another namespace asked for many gets the next free worker, not the end of the
-line. Real worker processes with the stand-in builder of opfixtures (about a second each)."""
+line; a queued key whose asking jobs were all deleted is not traced. Real worker processes
+with the stand-in builder of opfixtures (about a second each)."""
 
 from __future__ import annotations
 
@@ -30,15 +31,20 @@ async def test_one_namespaces_burst_does_not_hold_another_namespaces_first_estim
 
     profiler = Profiler(store, BUILDER, done, workers=1)
     try:
-        burst, quiet = [_key(nc) for nc in (3, 4)], _key(5)
-        for key in burst:  # the first starts at once, the second waits
-            assert await profiler.start(key, "flood") is None
-        assert await profiler.start(burst[1], "flood") is None  # asked again: queued once
-        assert await profiler.start(quiet, "quiet") is None
-        assert len(profiler.inflight) == 1 and len(profiler.queue) == 2
+        burst, quiet, doomed = [_key(nc) for nc in (3, 4)], _key(5), _key(6)
+        for i, key in enumerate(burst):  # the first starts at once, the second waits
+            assert await profiler.start(key, ("flood", f"j{i}")) is None
+        assert await profiler.start(burst[1], ("flood", "j1")) is None  # again: queued once
+        assert await profiler.start(burst[1], ("other", "o")) is None  # another job asks
+        assert await profiler.start(quiet, ("quiet", "q")) is None
+        assert await profiler.start(doomed, ("doomed", "d")) is None
+        assert len(profiler.inflight) == 1 and len(profiler.queue) == 3
+        profiler.forget(("doomed", "d"))  # deleted before its key's turn: not traced
+        profiler.forget(("flood", "j1"))  # ...but ("other", "o") still waits for burst[1]
         await asyncio.wait_for(all_done.wait(), 120)
         assert order == [3, 5, 4]  # first come, first served would be [3, 4, 5]
         assert all(store.get(k) is not None for k in (*burst, quiet))
         assert not profiler.inflight and len(profiler.queue) == 0
+        assert store.get(doomed) is None and 6 not in order
     finally:
         profiler.shutdown()

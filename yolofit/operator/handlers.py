@@ -258,6 +258,7 @@ class Operator:
             if old is not None:
                 log.info("re-list: job %s/%s is gone; pruned, its quota freed", *key)
                 w.forget(key, _uid(old))
+                self.profiler.forget(key)
         for key, body in merged.items():
             w.put_job(key, body)
         for key in [k for k in w.finished if k not in listed]:
@@ -430,6 +431,7 @@ class Operator:
             return
         if event.get("type") == "DELETED":
             self.world.forget(key, meta.get("uid", ""))
+            self.profiler.forget(key)
             if self.leading:  # quota freed: admit what waits for it now
                 asyncio.get_running_loop().create_task(self._retry_waiting())
             return

@@ -11,7 +11,8 @@ job asks: a transient failure (a timeout on a busy node, the OOM killer acting f
 container) heals without an operator restart; a lasting one costs a trace per interval.
 
 Keys wait in a queue fair across namespaces (`trace_queue.TraceQueue`): one tenant's burst
-of new keys does not hold another namespace's first estimate behind all of it.
+of new keys does not hold another namespace's first estimate behind all of it. A queued key
+whose every asking job was deleted before its turn is dropped, not traced (`forget`).
 """
 
 from __future__ import annotations
@@ -39,30 +40,45 @@ class Profiler:
         self.queue: TraceQueue[ProfileKey] = TraceQueue()  # asked for, not started
         self.inflight: dict[str, asyncio.Task[None]] = {}  # started, not finished
         self.running: dict[str, TraceRun] = {}  # key id -> its live worker
+        self.askers: dict[str, set[tuple[str, str]]] = {}  # queued key id -> jobs asking
         self.failed: dict[str, str] = {}
         self._failed_at: dict[str, float] = {}  # key id -> time.monotonic() of the failure
         self._closed = False
 
-    async def start(self, key: ProfileKey, namespace: str = "") -> str | None:
-        """Queue `key` for tracing (in `namespace`'s line) unless it is queued or running
-        already; the error if tracing it failed."""
+    async def start(self, key: ProfileKey, job: tuple[str, str] | None = None) -> str | None:
+        """Queue `key` for tracing (in the line of `job`'s namespace: `job` is (namespace,
+        name) of the job asking; None, as the CLI asks, is never forgotten) unless it is
+        queued or running already; the error if tracing it failed."""
         if key.id in self.failed:
             if time.monotonic() - self._failed_at.get(key.id, 0.0) < self.retry_after:
                 return self.failed[key.id]
             log.info("tracing %s again (it failed %.0f s ago: %s)", key.id,
                      time.monotonic() - self._failed_at.get(key.id, 0.0), self.failed[key.id])
             self.failed.pop(key.id)
-        if key.id not in self.inflight and key not in self.queue:
-            self.queue.push(namespace, key)
+        if key.id in self.inflight:
+            return None
+        askers = self.askers.setdefault(key.id, set())
+        askers.add(job or ("", ""))
+        if key not in self.queue:
+            self.queue.push((job or ("", ""))[0], key)
             self._pump()
         return None
 
+    def forget(self, job: tuple[str, str]) -> None:
+        """`job` was deleted: a queued key no other job asked for is not traced."""
+        for askers in self.askers.values():
+            askers.discard(job)
+
     def _pump(self) -> None:
-        """Start the next queued traces while fewer than `workers` run."""
+        """Start the next queued traces while fewer than `workers` run; a key whose askers
+        were all forgotten is dropped."""
         while not self._closed and len(self.inflight) < self.workers:
             key = self.queue.pop()
             if key is None:
                 return
+            if not self.askers.pop(key.id, None):
+                log.info("not tracing %s: every job that asked for it was deleted", key.id)
+                continue
             self.inflight[key.id] = asyncio.create_task(self._run(key))
 
     async def _run(self, key: ProfileKey) -> None:
@@ -91,5 +107,6 @@ class Profiler:
     def shutdown(self) -> None:
         self._closed = True
         self.queue.clear()
+        self.askers.clear()
         for run in list(self.running.values()):
             run.kill()

@@ -54,7 +54,7 @@ def now() -> str:
 
 class Reconciler(FailureActions, ReplanActions):
     def __init__(self, world: World, api: Kube, event: EventFn,
-                 start_profiling: Callable[[Any, str], Awaitable[str | None]],
+                 start_profiling: Callable[[Any, Key], Awaitable[str | None]],
                  metrics_port: int = launch.METRICS_PORT) -> None:
         self.world, self.api, self.event = world, api, event
         self.start_profiling = start_profiling
@@ -249,7 +249,7 @@ class Reconciler(FailureActions, ReplanActions):
                 f"{d.missing.id})"
             st.conditions = set_condition(st.conditions, "Profiled", "False", "Tracing",
                                           st.message, gen, t)
-            error = await self.start_profiling(d.missing, ns)
+            error = await self.start_profiling(d.missing, key)
             if error is not None:
                 self._fail(body, st, "ProfilingFailed", f"tracing {d.missing.id} failed: "
                            f"{error}", gen, t)
