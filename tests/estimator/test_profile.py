@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -164,6 +165,24 @@ def test_resolve_local_yaml(tmp_path: Path) -> None:
     local.write_text(src)
     ref = resolve_model(str(local))
     assert ref.name == "mine" and ref.path == local
+
+
+def test_resolve_reads_a_yaml_once_per_version_and_hands_out_copies(tmp_path: Path) -> None:
+    """Parsed YAMLs are remembered per (path, mtime, size): every admission review resolves
+    its model. A caller that writes into its config (Ultralytics' constructors set nc)
+    changes no later answer, and a file rewritten on disk is read again."""
+    first = resolve_model("yolo11s")
+    first.config["nc"] = 3
+    first.config["head"].append(["junk"])
+    again = resolve_model("yolo11s")
+    assert again.config.get("nc") != 3 and ["junk"] not in again.config["head"]
+    assert again.config_hash == first.config_hash
+    local = tmp_path / "mine.yaml"
+    local.write_text(resolve_model("yolov8s.yaml").path.read_text())
+    before = resolve_model(str(local)).config_hash
+    local.write_text(local.read_text().replace("n: [0.33, 0.25, 1024]", "n: [0.33, 0.5, 1024]"))
+    os.utime(local, ns=(1, 1))  # a new version even on a coarse-grained clock
+    assert resolve_model(str(local)).config_hash != before
 
 
 def test_resolve_pt_named_like_a_shipped_model_needs_no_torch() -> None:

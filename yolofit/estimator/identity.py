@@ -9,6 +9,7 @@ is unpickled (torch, lazily).
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import importlib.util
 import json
@@ -200,18 +201,37 @@ def resolve_model(model: str) -> ModelRef:
     found = _find_yaml(name)
     if found is None:
         raise UnknownModel(f"unknown model {model!r}")
+    config = _read_config(found)
+    config["scale"] = _scale(stem)
+    return ModelRef(name=stem, config_hash=config_hash(config), path=found, config=config)
+
+
+_CONFIGS: dict[tuple[str, int, int], dict[str, Any]] = {}
+_CONFIGS_MAX = 512
+
+
+def _read_config(found: Path) -> dict[str, Any]:
+    """The model YAML's mapping, a fresh copy per call (Ultralytics' model constructors
+    write into it). Parsed once per file version (path, mtime, size): every admission
+    review resolves its model, and parsing a model YAML takes ~7 ms."""
     import yaml  # PyYAML, no torch
 
     try:
-        config = yaml.safe_load(found.read_text())
+        stat = found.stat()
+        version = (str(found), stat.st_mtime_ns, stat.st_size)
+        config = _CONFIGS.get(version)
+        if config is None:
+            config = yaml.safe_load(found.read_text())
+            if not isinstance(config, dict) or "backbone" not in config \
+                    or "head" not in config:
+                raise UnknownModel(f"{str(found)!r} is not an Ultralytics model YAML "
+                                   "(no backbone/head)")
+            if len(_CONFIGS) >= _CONFIGS_MAX:  # custom paths (CLI) must not grow it forever
+                _CONFIGS.clear()
+            _CONFIGS[version] = config
     except (OSError, yaml.YAMLError) as exc:
         raise UnknownModel(f"cannot read {str(found)!r}: {str(exc).splitlines()[0]}") from None
-    if not isinstance(config, dict) or "backbone" not in config or "head" not in config:
-        raise UnknownModel(f"{str(found)!r} is not an Ultralytics model YAML "
-                           "(no backbone/head)")
-    config = dict(config)
-    config["scale"] = _scale(stem)
-    return ModelRef(name=stem, config_hash=config_hash(config), path=found, config=config)
+    return copy.deepcopy(config)
 
 
 def _resolve_pt(path: Path) -> ModelRef:
