@@ -17,6 +17,7 @@ import pytest
 from opfixtures import HANG_NC, HOG_NC
 
 from yolofit.estimator.profile import ProfileKey, ProfileStore
+from yolofit.operator.metrics import REGISTRY
 from yolofit.operator.profiling import Profiler
 from yolofit.operator.settings import OperatorSettings
 
@@ -57,12 +58,20 @@ async def test_a_trace_over_the_budget_is_killed_with_the_reason(tmp_path: Path)
     store = ProfileStore(cache_dir=tmp_path, shipped=None)
     finished = Finished()
     profiler = Profiler(store, BUILDER, finished, budget_bytes=300 * MiB)
+
+    def sample(name: str, **labels: str) -> float:
+        return REGISTRY.get_sample_value(name, labels) or 0.0
+
+    failed, rss = sample("yolofit_traces_total", result="failed"), sample(
+        "yolofit_trace_peak_rss_bytes_sum")
     try:
         hog = _key(HOG_NC)
         assert await profiler.start(hog) is None
         await finished.wait_for(hog)
         error = profiler.failed[hog.id]
         assert error.startswith("trace of yolo11x@1280 was killed (memory budget 300.0 MiB")
+        assert sample("yolofit_traces_total", result="failed") - failed == 1
+        assert sample("yolofit_trace_peak_rss_bytes_sum") - rss > 300 * MiB  # what it reached
         assert store.get(hog) is None
         assert await profiler.start(hog) == error  # the job's status keeps saying why
         await _next_trace_works(profiler, finished, store)

@@ -9,6 +9,7 @@ import asyncio
 from pathlib import Path
 
 from yolofit.estimator.profile import ProfileKey, ProfileStore
+from yolofit.operator.metrics import REGISTRY
 from yolofit.operator.profiling import Profiler
 
 BUILDER = "opfixtures:build_profile"
@@ -29,6 +30,11 @@ async def test_one_namespaces_burst_does_not_hold_another_namespaces_first_estim
         if len(order) == 3:
             all_done.set()
 
+    def sample(name: str, **labels: str) -> float:
+        return REGISTRY.get_sample_value(name, labels) or 0.0
+
+    before = {r: sample("yolofit_traces_total", result=r) for r in ("ok", "dropped")}
+    seconds_before = sample("yolofit_trace_duration_seconds_count")
     profiler = Profiler(store, BUILDER, done, workers=1)
     try:
         burst, quiet, doomed = [_key(nc) for nc in (3, 4)], _key(5), _key(6)
@@ -39,6 +45,8 @@ async def test_one_namespaces_burst_does_not_hold_another_namespaces_first_estim
         assert await profiler.start(quiet, ("quiet", "q")) is None
         assert await profiler.start(doomed, ("doomed", "d")) is None
         assert len(profiler.inflight) == 1 and len(profiler.queue) == 3
+        assert [sample("yolofit_trace_queue_keys", namespace=ns)
+                for ns in ("flood", "quiet", "doomed")] == [1, 1, 1]
         profiler.forget(("doomed", "d"))  # deleted before its key's turn: not traced
         profiler.forget(("flood", "j1"))  # ...but ("other", "o") still waits for burst[1]
         await asyncio.wait_for(all_done.wait(), 120)
@@ -46,5 +54,10 @@ async def test_one_namespaces_burst_does_not_hold_another_namespaces_first_estim
         assert all(store.get(k) is not None for k in (*burst, quiet))
         assert not profiler.inflight and len(profiler.queue) == 0
         assert store.get(doomed) is None and 6 not in order
+        # What an SRE sees: three traces ok, one dropped, each timed; the queue drained.
+        assert sample("yolofit_traces_total", result="ok") - before["ok"] == 3
+        assert sample("yolofit_traces_total", result="dropped") - before["dropped"] == 1
+        assert sample("yolofit_trace_duration_seconds_count") - seconds_before == 3
+        assert sample("yolofit_trace_queue_keys", namespace="flood") == 0
     finally:
         profiler.shutdown()

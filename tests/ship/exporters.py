@@ -72,6 +72,7 @@ def webhook_names() -> tuple[str, ...]:
 ADMISSION_RESULTS = label_values("ADMISSIONS", 0)
 WEBHOOK_RESULTS = label_values("WEBHOOK_REQUESTS", 1)
 WEBHOOKS = webhook_names()
+TRACE_RESULTS = label_values("TRACES", 0)
 # Results admitted to a class carry it; the others are written with gpu_class "".
 CLASSLESS_RESULTS = {_literal(c, 0) for c in _label_calls("ADMISSIONS") if _literal(c, 1) == ""}
 
@@ -93,6 +94,11 @@ def operator_tick(n: int) -> None:
     for webhook in WEBHOOKS:
         for result in WEBHOOK_RESULTS:
             op.WEBHOOK_REQUESTS.labels(webhook, result).inc()
+    for result in TRACE_RESULTS:
+        op.TRACES.labels(result).inc()
+    op.TRACE_SECONDS.observe(20.0 + 5 * (n % 3))
+    op.TRACE_PEAK_RSS.observe((1.5 + 0.25 * (n % 3)) * GiB)
+    op.TRACE_QUEUE.labels(NAMESPACE).set(n % 4)
 
 
 def trainer_tick(rank: TrainerMetrics, n: int) -> None:

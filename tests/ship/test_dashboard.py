@@ -19,7 +19,8 @@ def test_sections_cover_what_the_dashboard_must_show() -> None:
     rows = [p["title"] for p in board()["panels"] if p["type"] == "row"]
     assert rows == ["Fit: VRAM estimate vs measured", "Memory utilisation per class",
                     "Right-sized GPUs: memory per backend", "Admission and queue",
-                    "OOMs and re-plans", "Training: step time and images/s", "Operator health"]
+                    "OOMs and re-plans", "Training: step time and images/s",
+                    "Profiling: first estimates of models without a profile", "Operator health"]
 
 
 def test_layout_fits_the_grid_and_ids_are_unique() -> None:

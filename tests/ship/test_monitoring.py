@@ -55,7 +55,7 @@ def project_series_names() -> frozenset[str]:
 def test_promtool_checks_the_rules_file() -> None:
     result = subprocess.run([prometheus_binary("promtool"), "check", "rules", str(RULES)],
                             capture_output=True, text=True, check=False)
-    assert result.returncode == 0 and "SUCCESS: 5 rules found" in result.stdout, (
+    assert result.returncode == 0 and "SUCCESS: 7 rules found" in result.stdout, (
         result.stdout + result.stderr)
 
 
@@ -68,7 +68,8 @@ def test_promtool_unit_tests_fire_each_alert_on_its_situation() -> None:
 def test_every_alert_the_issue_names_exists() -> None:
     alerts = {name for name, _ in rule_expressions()}
     assert alerts == {"YolofitOOMAfterAdmission", "YolofitEstimateErrorHigh",
-                      "YolofitJobsQueuedTooLong", "YolofitOperatorDown", "YolofitWebhookFailing"}
+                      "YolofitJobsQueuedTooLong", "YolofitOperatorDown", "YolofitWebhookFailing",
+                      "YolofitTracesFailing", "YolofitTraceBacklog"}
 
 
 @pytest.mark.parametrize("name,expr", ALL_EXPRESSIONS, ids=[n for n, _ in ALL_EXPRESSIONS])
@@ -87,6 +88,7 @@ def test_the_exporters_label_values_come_from_the_operators_code() -> None:
     assert len(exporters.PHASES) >= 5 and "Succeeded" in exporters.PHASES
     assert len(exporters.ADMISSION_RESULTS) >= 3 and len(exporters.WEBHOOKS) >= 2
     assert len(exporters.WEBHOOK_RESULTS) >= 2
+    assert set(exporters.TRACE_RESULTS) == {"ok", "failed", "dropped"}
     assert exporters.CLASSLESS_RESULTS < set(exporters.ADMISSION_RESULTS)
 
 

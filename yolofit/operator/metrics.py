@@ -41,3 +41,18 @@ JOB_MEMORY = Gauge("yolofit_job_memory_bytes", "Per GPU of an admitted, unfinish
                    "claim minimum, HAMi gpumem, KAI gpu-memory) and predicted by the plan "
                    "(kind=predicted).", ["namespace", "job", "gpu_class", "backend", "kind"],
                    registry=REGISTRY)
+TRACES = Counter("yolofit_traces_total", "Profile traces (models without a shipped profile) "
+                 "by result: ok (profile stored), failed (its jobs end ProfilingFailed; the "
+                 "key is traced again after 10 minutes), dropped (every job that asked for it "
+                 "was deleted before its turn).", ["result"], registry=REGISTRY)
+TRACE_SECONDS = Histogram("yolofit_trace_duration_seconds", "Wall time of one profile trace "
+                          "in its worker process, ok or failed.", registry=REGISTRY,
+                          buckets=(5, 10, 15, 20, 30, 45, 60, 90, 120, 180, 300, 600))
+TRACE_PEAK_RSS = Histogram("yolofit_trace_peak_rss_bytes", "Peak resident memory of a trace "
+                           "worker, ok or failed (the budget is profiling.memoryBudgetMiB).",
+                           registry=REGISTRY,
+                           buckets=tuple(m * 2**20 for m in (256, 512, 1024, 1536, 2048, 3072,
+                                                             4096, 6144, 8192, 12288, 16384)))
+TRACE_QUEUE = Gauge("yolofit_trace_queue_keys", "Profile keys waiting for a trace worker, by "
+                    "the namespace whose line holds them (served round robin).", ["namespace"],
+                    registry=REGISTRY)

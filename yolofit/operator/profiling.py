@@ -24,6 +24,7 @@ from collections.abc import Awaitable, Callable
 
 from yolofit.estimator.profile import Profile, ProfileKey, ProfileStore
 from yolofit.estimator.trace_worker import TraceFailed, TraceRun, trace_in_worker
+from yolofit.operator import metrics
 from yolofit.operator.trace_queue import TraceQueue
 
 log = logging.getLogger("yolofit.operator.profiling")
@@ -41,6 +42,7 @@ class Profiler:
         self.inflight: dict[str, asyncio.Task[None]] = {}  # started, not finished
         self.running: dict[str, TraceRun] = {}  # key id -> its live worker
         self.askers: dict[str, set[tuple[str, str]]] = {}  # queued key id -> jobs asking
+        self._exported: set[str] = set()  # namespaces with a yolofit_trace_queue_keys series
         self.failed: dict[str, str] = {}
         self._failed_at: dict[str, float] = {}  # key id -> time.monotonic() of the failure
         self._closed = False
@@ -62,6 +64,7 @@ class Profiler:
         if key not in self.queue:
             self.queue.push((job or ("", ""))[0], key)
             self._pump()
+            self._export_queue()
         return None
 
     def forget(self, job: tuple[str, str]) -> None:
@@ -78,16 +81,19 @@ class Profiler:
                 return
             if not self.askers.pop(key.id, None):
                 log.info("not tracing %s: every job that asked for it was deleted", key.id)
+                metrics.TRACES.labels("dropped").inc()
                 continue
             self.inflight[key.id] = asyncio.create_task(self._run(key))
 
     async def _run(self, key: ProfileKey) -> None:
+        started = time.monotonic()
         try:
             data = await asyncio.to_thread(
                 trace_in_worker, self.builder, key.to_dict(), self.budget, self.timeout,
                 lambda run: self.running.__setitem__(key.id, run))
             self.store.put(Profile.from_dict(data))
             log.info("traced %s", key.id)
+            metrics.TRACES.labels("ok").inc()
         except TraceFailed as exc:
             log.warning("tracing %s failed: %s", key.id, exc)
             self._fail(key, str(exc))
@@ -95,12 +101,26 @@ class Profiler:
             log.exception("tracing %s failed", key.id)
             self._fail(key, str(exc))
         finally:
-            self.running.pop(key.id, None)
+            run = self.running.pop(key.id, None)
+            metrics.TRACE_SECONDS.observe(time.monotonic() - started)
+            if run is not None and run.peak_rss:
+                metrics.TRACE_PEAK_RSS.observe(run.peak_rss)
             self.inflight.pop(key.id, None)
             self._pump()
+            self._export_queue()
         await self.done(key)
 
+    def _export_queue(self) -> None:
+        """yolofit_trace_queue_keys per namespace (0 once a namespace's line is empty)."""
+        lengths = self.queue.lengths()
+        for namespace in self._exported - set(lengths):
+            metrics.TRACE_QUEUE.labels(namespace).set(0)
+        for namespace, n in lengths.items():
+            metrics.TRACE_QUEUE.labels(namespace).set(n)
+        self._exported |= set(lengths)
+
     def _fail(self, key: ProfileKey, error: str) -> None:
+        metrics.TRACES.labels("failed").inc()
         self.failed[key.id] = error
         self._failed_at[key.id] = time.monotonic()
 

@@ -54,6 +54,10 @@ class TraceQueue(Generic[Item]):
         self._queued.discard(item)
         return item
 
+    def lengths(self) -> dict[str, int]:
+        """Queued items per namespace (namespaces with none queued are left out)."""
+        return {ns: len(line) for ns, line in self._lines.items()}
+
     def clear(self) -> None:
         self._lines.clear()
         self._queued.clear()

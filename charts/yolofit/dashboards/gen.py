@@ -199,6 +199,29 @@ def rows() -> list[tuple[str, list[dict[str, Any]]]]:
                    "{{webhook}} {{result}}"),
               ]),
     ]
+    profiling = [
+        panel("timeseries", "Profile traces by result",
+              "Traces of models without a shipped profile in the past hour: ok (profile "
+              "stored), failed (the jobs end ProfilingFailed), dropped (every asking job was "
+              "deleted first).", "short", [
+                  (f"sum by (result) (increase(yolofit_traces_total[{SPARSE}]))", "{{result}}"),
+              ]),
+        panel("timeseries", "Trace duration", "Wall time of one trace in its worker, over the "
+              "past hour's traces (a job waits this long, plus its queue, for a first "
+              "estimate).", "s",
+              quantiles("yolofit_trace_duration_seconds", "", "", SPARSE)),
+        panel("timeseries", "Trace worker peak memory",
+              "Peak resident memory of the trace workers over the past hour's traces; the "
+              "chart's profiling.memoryBudgetMiB stops a worker above it.", "bytes",
+              quantiles("yolofit_trace_peak_rss_bytes", "", "", SPARSE, (0.5, 0.99))),
+        panel("timeseries", "Keys waiting for a trace, by namespace",
+              "Profile keys queued for the trace worker per asking namespace; namespaces are "
+              "served round robin, so one namespace's burst does not hold the others.",
+              "short", [
+                  (f"sum by (namespace) ({sel('yolofit_trace_queue_keys', NS_SEL)})",
+                   "{{namespace}}"),
+              ]),
+    ]
     return [
         ("Fit: VRAM estimate vs measured", fit),
         ("Memory utilisation per class", utilisation),
@@ -206,6 +229,7 @@ def rows() -> list[tuple[str, list[dict[str, Any]]]]:
         ("Admission and queue", admission),
         ("OOMs and re-plans", oom),
         ("Training: step time and images/s", throughput),
+        ("Profiling: first estimates of models without a profile", profiling),
         ("Operator health", operator),
     ]
 
