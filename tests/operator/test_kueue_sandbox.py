@@ -4,7 +4,8 @@ module, its CRDs and webhooks from the module's source, jobs queued as plain pod
 Two teams' ClusterQueues with GPU quota on two flavors (t4, a100-80gb); jobs queue and are
 admitted in order and within quota; a higher-priority job preempts a lower one and the
 preempted gang comes back as a new attempt; a job whose plan needs a flavor with no quota
-waits with Kueue's reason in its status.
+waits with Kueue's reason in its status; a MIG-slice job is admitted under the queues
+`yolofit kueue` renders from the policy and the sandbox's real nodes.
 """
 
 from __future__ import annotations
@@ -20,6 +21,9 @@ import pytest
 from opfixtures import summary
 
 from yolofit.operator import kueue as kq
+from yolofit.operator import kueue_objects
+from yolofit.operator.api import GPUCapacityPolicySpec
+from yolofit.sandbox.kueue import fleet_capacity
 from yolofit.sandbox.testing import finish_pod
 from yolofit.sandbox.testing import wait_for as _wait_for
 
@@ -322,6 +326,39 @@ def test_plan_on_a_flavor_without_quota_waits_with_kueues_reason(
     pods = live_pods(kube, namespace, "pinned")
     assert len(pods) == 2 and all(p.status.phase == "Pending" and not p.spec.node_name
                                   for p in pods)
+
+
+def test_a_mig_slice_job_is_admitted_under_the_queues_yolofit_renders(
+        operator: Any, policy: Callable[..., None], kueue_running: Any, kubectl: Any,
+        kube: Any, namespace: str) -> None:
+    """The pod of a job on a MIG class requests `nvidia.com/mig-1g.10gb`, not a GPU; the
+    ClusterQueue rendered from the policy (kueue_objects over the sandbox's nodes, as
+    `yolofit kueue queues` does) covers it, so Kueue admits the job on the slice's flavor
+    (a queue covering only nvidia.com/gpu leaves it inadmissible forever)."""
+    mig = {"name": "a100-mig-1g", "migProfile": "1g.10gb", "tolerations": TOL,
+           "nodeSelector": {**A100, "nvidia.com/mig.config": "all-1g.10gb"}}
+    rules = [{"namespace": namespace, "kueueQueue": "slices", "maxGpusAdmitted": 2}]
+    policy(rules, classes=[*CLASSES, mig], preference=["t4", "a100-80gb", "h100-80gb"])
+    spec = GPUCapacityPolicySpec.model_validate({"classes": [*CLASSES, mig],
+                                                 "namespaces": rules})
+    nodes = json.loads(kubectl("get", "nodes", "-o", "json").stdout)["items"]
+    objs = [*kueue_objects.flavors(spec),
+            *kueue_objects.queues(spec, fleet_capacity(spec, nodes))]
+    cq = next(o for o in objs if o["kind"] == "ClusterQueue")
+    assert "nvidia.com/mig-1g.10gb" in cq["spec"]["resourceGroups"][0]["coveredResources"]
+    kubectl("apply", "--server-side", "-f", "-", input="\n---\n".join(json.dumps(o)
+                                                                       for o in objs))
+    CLUSTER_QUEUES.append(cq["metadata"]["name"])
+    submit(kubectl, namespace, "slice", nodes=1, per_node=1, queue=None,
+           gpuClass="a100-mig-1g")  # Kueue-managed by the namespace rule's kueueQueue
+    (pod,) = wait_for(running(kube, namespace, "slice", n=1), 90, what="slice job running")
+    requests = pod.spec.containers[0].resources.requests
+    assert requests.get("nvidia.com/mig-1g.10gb") == "1" and "nvidia.com/gpu" not in requests
+    node = kube.read_node(pod.spec.node_name)
+    assert node.metadata.labels.get("nvidia.com/mig.config") == "all-1g.10gb"
+    st = status(kubectl, namespace, "slice")
+    assert conditions(st)["Admitted"][0] == "True", st
+    assert st["plan"]["gpuClass"] == "a100-mig-1g"
 
 
 def test_failed_job_releases_kueue_quota(operator: Any, kueue_policy: Callable[..., None],

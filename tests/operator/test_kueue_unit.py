@@ -242,3 +242,38 @@ def test_max_gpus_admitted_is_not_applied_where_kueue_admits() -> None:
     assert any("can never be admitted" in e for e in static_errors("j", "ns", spec, own, {}))
     assert not any("can never be admitted" in e
                    for e in static_errors("j", "ns", spec, kueue_ns, {}))
+
+
+def test_queues_cover_what_mig_and_hami_pods_request_with_zero_where_nodes_lack_it() -> None:
+    """The default sandbox fleet's nodes (deploy/fleet.yaml, as kwok registers them): a MIG
+    class's slices and a HAMi class's gpumem are covered resources of the team's queue, so
+    Kueue can admit those pods; every flavor lists every covered resource."""
+    from yolofit.sandbox.fleet import default_fleet_path, fleet_nodes, load_fleet
+    from yolofit.sandbox.kueue import fleet_capacity
+
+    a100 = {"nvidia.com/gpu.product": "NVIDIA-A100-SXM4-80GB"}
+    policy = GPUCapacityPolicySpec.model_validate({
+        "classes": [{"name": "a100-80gb", "nodeSelector": a100},
+                    {"name": "a100-mig-1g", "migProfile": "1g.10gb",
+                     "nodeSelector": {**a100, "nvidia.com/mig.config": "all-1g.10gb"}},
+                    {"name": "a100-hami", "nodeSelector": a100, "backend": {"kind": "hami"}}],
+        "namespaces": [{"namespace": "team-a", "maxGpusAdmitted": 4}]})
+    capacity = fleet_capacity(policy, fleet_nodes(load_fleet(default_fleet_path())))
+    assert capacity["a100-mig-1g"].gpus == 0  # all-partitioned: no whole GPU left
+    assert capacity["a100-mig-1g"].devices == {"nvidia.com/mig-1g.10gb": 56}  # 8 GPUs x 7
+    assert capacity["a100-hami"].devices == {"nvidia.com/gpumem": 16 * 81920}  # 2 nodes x 8
+    (cq, _lq) = queues(policy, capacity)
+    group = cq["spec"]["resourceGroups"][0]
+    assert group["coveredResources"] == ["cpu", "memory", "nvidia.com/gpu", "nvidia.com/gpumem",
+                                         "nvidia.com/mig-1g.10gb"]
+    quota = {f["name"]: {r["name"]: r["nominalQuota"] for r in f["resources"]
+                         if r["name"].startswith("nvidia.com/")} for f in group["flavors"]}
+    assert quota == {
+        "a100-80gb": {"nvidia.com/gpu": "4", "nvidia.com/gpumem": "0",
+                      "nvidia.com/mig-1g.10gb": "0"},
+        "a100-mig-1g": {"nvidia.com/gpu": "0", "nvidia.com/gpumem": "0",
+                        "nvidia.com/mig-1g.10gb": "4"},  # a slice is a GPU of the limit
+        "a100-hami": {"nvidia.com/gpu": "4", "nvidia.com/gpumem": str(16 * 81920),
+                      "nvidia.com/mig-1g.10gb": "0"}}
+    assert all([r["name"] for r in f["resources"]] == group["coveredResources"]
+               for f in group["flavors"])

@@ -8,6 +8,14 @@
   quota per flavor, so each flavor gets that limit; the policy's limit is namespace-wide),
   else the fleet's GPUs of the class. CPU and memory are covered too (Kueue admits nothing
   that requests an uncovered resource), at the fleet's capacity of the class.
+  What the pods of a class request besides `nvidia.com/gpu` is covered as well, so Kueue can
+  admit them: a MIG class's slice resource (`nvidia.com/mig-<profile>`, mixed strategy;
+  capped like GPUs: a slice is one GPU of the namespace's limit) and a HAMi class's
+  `nvidia.com/gpumem` (MiB). Every flavor lists every covered resource (Kueue's rule for a
+  resource group), with 0 for what its nodes do not have, so no flavor is assigned a
+  resource its nodes lack. DRA claims are counted by Kueue itself through its
+  Configuration's `deviceClassMappings` (a logical resource per DeviceClass, which the
+  platform adds to the queues); KAI classes are quota'd by KAI's own queues.
 
 `yolofit kueue flavors -f policy.yaml` prints the ResourceFlavors; the sandbox's
 `--with-kueue` applies all of it for the demo's policy.
@@ -16,10 +24,11 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from yolofit.operator.api import GPUCapacityPolicySpec
+from yolofit.operator.sharing.mig import resource as mig_resource
 
 API = "kueue.x-k8s.io/v1beta2"
 GPU = "nvidia.com/gpu"
@@ -30,11 +39,17 @@ MANAGED = {"app.kubernetes.io/managed-by": "yolofit"}
 
 @dataclass(frozen=True)
 class Capacity:
-    """What the fleet has of one class: GPUs, CPU cores and memory bytes in total."""
+    """What the fleet has of one class: GPUs, CPU cores and memory bytes in total, and the
+    other extended resources its pods request (MIG slices, HAMi gpumem MiB) by name."""
 
     gpus: int
     cpu: int
     memory_bytes: int
+    devices: Mapping[str, int] = field(default_factory=dict)
+
+
+MIG_PREFIX = mig_resource("")
+_NONE = Capacity(0, 0, 0)
 
 
 class PolicyError(ValueError):
@@ -74,15 +89,18 @@ def queues(policy: GPUCapacityPolicySpec,
         if rule.namespace == "*":
             continue
         allowed = [n for n in names if not rule.allowed_classes or n in rule.allowed_classes]
+        devices = sorted({d for n in allowed for d in capacity.get(n, _NONE).devices} - {GPU})
         flavor_quotas = []
         for name in allowed:
-            cap = capacity.get(name, Capacity(0, 0, 0))
-            gpus = cap.gpus if rule.max_gpus_admitted is None else min(
-                cap.gpus, rule.max_gpus_admitted)
+            cap = capacity.get(name, _NONE)
+            quota = {"cpu": cap.cpu, "memory": cap.memory_bytes, GPU: cap.gpus,
+                     **{d: cap.devices.get(d, 0) for d in devices}}
+            for counted in (GPU, *(d for d in devices if d.startswith(MIG_PREFIX))):
+                if rule.max_gpus_admitted is not None:  # a slice is a GPU of the limit
+                    quota[counted] = min(quota[counted], rule.max_gpus_admitted)
             flavor_quotas.append({"name": name, "resources": [
-                {"name": "cpu", "nominalQuota": str(cap.cpu)},
-                {"name": "memory", "nominalQuota": str(cap.memory_bytes)},
-                {"name": GPU, "nominalQuota": str(gpus)}]})
+                {"name": r, "nominalQuota": str(quota[r])}
+                for r in ("cpu", "memory", GPU, *devices)]})
         out.append({
             "apiVersion": API, "kind": "ClusterQueue",
             "metadata": {"name": rule.namespace, "labels": dict(MANAGED)},
@@ -93,7 +111,7 @@ def queues(policy: GPUCapacityPolicySpec,
                 "queueingStrategy": "BestEffortFIFO",
                 "preemption": {"withinClusterQueue": "LowerPriority",
                                "reclaimWithinCohort": "Any"},
-                "resourceGroups": [{"coveredResources": ["cpu", "memory", GPU],
+                "resourceGroups": [{"coveredResources": ["cpu", "memory", GPU, *devices],
                                     "flavors": flavor_quotas}],
             }})
         out.append({"apiVersion": API, "kind": "LocalQueue",

@@ -390,22 +390,34 @@ def start_kueue(sandbox_dir: Path, pki: Pki, server: str, progress: Progress | N
 # ---- queues for a policy (the demo's, by default) ----
 
 def fleet_capacity(policy: Any, nodes: Iterable[dict[str, Any]]) -> dict[str, Any]:
-    """Class name -> kueue_objects.Capacity summed over the nodes its selector matches."""
+    """Class name -> kueue_objects.Capacity summed over the nodes its selector matches: GPUs,
+    CPU, memory, a MIG class's slices (mixed strategy: `nvidia.com/mig-<profile>`) and a
+    HAMi class's gpumem (MiB: its GPUs x the nodes' nvidia.com/gpu.memory label)."""
     from yolofit.operator.kueue_objects import Capacity
+    from yolofit.operator.sharing.hami import GPUMEM
+    from yolofit.operator.sharing.mig import resource as mig_resource
     from yolofit.units import parse_bytes
 
     out = {}
     nodes = list(nodes)
     for c in policy.classes:
         gpus = cpu = mem = 0
+        devices: dict[str, int] = {}
         for n in nodes:
             labels = n["metadata"].get("labels") or {}
             if c.node_selector and all(labels.get(k) == v for k, v in c.node_selector.items()):
                 alloc = n["status"]["allocatable"]
-                gpus += int(alloc.get("nvidia.com/gpu", 0))
+                node_gpus = int(alloc.get("nvidia.com/gpu", 0))
+                gpus += node_gpus
                 cpu += int(float(str(alloc.get("cpu", "0")).rstrip("m")))
                 mem += parse_bytes(str(alloc.get("memory", "0")))
-        out[c.name] = Capacity(gpus, cpu, mem)
+                if c.mig_profile and mig_resource(c.mig_profile) in alloc:
+                    name = mig_resource(c.mig_profile)
+                    devices[name] = devices.get(name, 0) + int(alloc[name])
+                if c.backend.kind == "hami":
+                    mib = node_gpus * int(labels.get("nvidia.com/gpu.memory", 0) or 0)
+                    devices[GPUMEM] = devices.get(GPUMEM, 0) + mib
+        out[c.name] = Capacity(gpus, cpu, mem, devices)
     return out
 
 
