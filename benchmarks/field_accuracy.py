@@ -266,6 +266,13 @@ NOTES = """Reading (hand-written; --write regenerates the tables above with this
   is not physical. The cache-kept overhead still sits at its range's upper edge (0.25; the
   cache rule moved no fitting row): the 8.4 runs hold a quarter more than the traced peak
   allocated.
+- The README's T4 table (+5 % for yolov8x to +34 % for yolov8n, never fitted) is predicted at
+  COCO's 80 classes and 8 labels per image because its dataset is not stated. The loss's
+  b x anchors x classes tensors are what that assumption adds, and they weigh most on nano
+  models: the one field run of the same configuration with 2 classes (yolov8n, batch 16, 640,
+  field_gpu_mem.csv:1) measured 2.16 GB and is predicted at 2.16 GB (+0.1 %). At 80 classes
+  the estimate's peak allocated bytes are 2.30 GB, more than the table's whole 2.1 GB, which
+  therefore fits a dataset with few classes better than COCO.
 - Needs a GPU: the expandable-segments fragmentation the yolofit trainer runs with (no field run
   used it; still the uncalibrated 3 %), the CUDA context per class (GPU_mem excludes it), where
   the segment trace and CUDA part (SegTaskAlignedAssigner casts its mask tensors to fp16 on
