@@ -45,6 +45,10 @@ async def test_one_namespaces_burst_does_not_hold_another_namespaces_first_estim
         assert await profiler.start(quiet, ("quiet", "q")) is None
         assert await profiler.start(doomed, ("doomed", "d")) is None
         assert len(profiler.inflight) == 1 and len(profiler.queue) == 3
+        # What the jobs' status says (Profiler.ahead): the running key none, the quiet
+        # namespace's key first in line although it asked last.
+        assert [profiler.ahead(k) for k in (burst[0], quiet, doomed, burst[1])] == [
+            None, 0, 1, 2]
         assert [sample("yolofit_trace_queue_keys", namespace=ns)
                 for ns in ("flood", "quiet", "doomed")] == [1, 1, 1]
         profiler.forget(("doomed", "d"))  # deleted before its key's turn: not traced

@@ -351,3 +351,31 @@ def test_deleting_an_old_attempts_pods_spares_a_newer_pod_of_the_same_name(
         f"{PODS}/j-worker-0", f"{PODS}/j-worker-1"}
     assert api.objects[f"{PODS}/j-worker-0"]["metadata"]["uid"] == "newer"  # spared
     assert f"{PODS}/j-worker-1" not in api.objects  # attempt 0's, gone
+
+
+def test_a_profiling_job_says_its_place_in_the_trace_queue(tmp_path: Path) -> None:
+    """The trace queue's answer (Profiler.ahead) is in the job's status: waiting behind N
+    profiles, then tracing (every waiting job is reconciled again when a trace ends)."""
+    world, api, r, events = setup(tmp_path)
+    asked: list[tuple[str, tuple[str, str]]] = []
+
+    async def start(key: Any, job: tuple[str, str]) -> None:
+        asked.append((key.model, job))
+
+    ahead: list[int | None] = [2]
+    r.start_profiling = start
+    r.profile_queue = lambda key: ahead[0]
+    job = job_body("j", "u", nodes=1)
+    job["spec"]["model"] = "yolov8s"  # the store holds yolov8n profiles only
+    world.jobs[("ns", "j")] = job
+    run(r.reconcile(("ns", "j")))
+    st = api.patches(f"{JOBS}/j/status")[-1]["status"]
+    assert st["phase"] == "Profiling" and asked == [("yolov8s", ("ns", "j"))]
+    assert st["message"].startswith("waiting to trace yolov8s (profile yolov8s|")
+    assert st["message"].endswith(": 2 other profiles are traced first (one at a time, "
+                                  "namespaces in turn)")
+    ahead[0] = None  # its trace started
+    run(r.reconcile(("ns", "j")))
+    st = api.patches(f"{JOBS}/j/status")[-1]["status"]
+    assert st["phase"] == "Profiling" and st["message"].startswith("tracing yolov8s (profile ")
+    assert [c["message"] for c in st["conditions"] if c["type"] == "Profiled"] == [st["message"]]

@@ -53,3 +53,16 @@ def test_asking_again_right_after_being_served_does_not_jump_the_line() -> None:
     assert queue.pop() == "flood-0"  # flood's line is empty now
     queue.push("flood", "flood-1")  # ...and it asks again at once
     assert _drain(queue) == ["quiet-0", "flood-1"]
+
+
+def test_ahead_of_is_the_order_pop_serves() -> None:
+    queue: TraceQueue[str] = TraceQueue()
+    for item in ("flood-0", "flood-1", "flood-2"):
+        queue.push("flood", item)
+    queue.push("quiet", "quiet-0")
+    assert queue.pop() == "flood-0"
+    queue.push("other", "other-0")
+    expected = ["quiet-0", "other-0", "flood-1", "flood-2"]
+    assert [queue.ahead_of(i) for i in expected] == [0, 1, 2, 3]
+    assert queue.ahead_of("flood-0") is None  # served: not queued
+    assert _drain(queue) == expected  # what ahead_of said, without pushes in between

@@ -111,7 +111,7 @@ class Operator:
         self.set_policy(None)
         self.post_event.api = self.api
         self.reconciler = Reconciler(self.world, self.api, self.post_event, self.profiler.start,
-                                     s.trainer_metrics_port)
+                                     s.trainer_metrics_port, self.profiler.ahead)
         self.reconciler.settings_ns = s.operator_namespace
         self.reconciler.monitoring_namespace = s.monitoring_namespace
         self.reconciler.settings_cm = s.margins_configmap

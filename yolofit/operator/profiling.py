@@ -67,6 +67,11 @@ class Profiler:
             self._export_queue()
         return None
 
+    def ahead(self, key: ProfileKey) -> int | None:
+        """None while `key` is being traced (or not asked for); else how many queued keys
+        are traced before it."""
+        return None if key.id in self.inflight else self.queue.ahead_of(key)
+
     def forget(self, job: tuple[str, str]) -> None:
         """`job` was deleted: a queued key no other job asked for is not traced."""
         for askers in self.askers.values():

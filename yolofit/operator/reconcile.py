@@ -55,9 +55,11 @@ def now() -> str:
 class Reconciler(FailureActions, ReplanActions):
     def __init__(self, world: World, api: Kube, event: EventFn,
                  start_profiling: Callable[[Any, Key], Awaitable[str | None]],
-                 metrics_port: int = launch.METRICS_PORT) -> None:
+                 metrics_port: int = launch.METRICS_PORT,
+                 profile_queue: Callable[[Any], int | None] | None = None) -> None:
         self.world, self.api, self.event = world, api, event
         self.start_profiling = start_profiling
+        self.profile_queue = profile_queue  # queued profiles traced before a key (or None)
         self.metrics_port = metrics_port
         self.monitoring_namespace = "monitoring"  # may scrape trainer metrics (NetworkPolicy)
         self.observed_errors: set[tuple[str, int]] = set()
@@ -245,14 +247,14 @@ class Reconciler(FailureActions, ReplanActions):
                 self.event(body, "Normal", "Profiling", f"no memory profile for "
                            f"{d.missing.id}; tracing it off the request path")
                 metrics.ADMISSIONS.labels("profiling", "", ns).inc()
-            st.phase, st.message = "Profiling", f"tracing {d.missing.model} (profile " \
-                f"{d.missing.id})"
-            st.conditions = set_condition(st.conditions, "Profiled", "False", "Tracing",
-                                          st.message, gen, t)
             error = await self.start_profiling(d.missing, key)
             if error is not None:
                 self._fail(body, st, "ProfilingFailed", f"tracing {d.missing.id} failed: "
                            f"{error}", gen, t)
+                return None
+            st.phase, st.message = "Profiling", self._profiling_message(d.missing)
+            st.conditions = set_condition(st.conditions, "Profiled", "False", "Tracing",
+                                          st.message, gen, t)
             return None
         if d.refused or d.plan is None:
             msg = "; ".join(d.errors)
@@ -267,6 +269,17 @@ class Reconciler(FailureActions, ReplanActions):
                                       plan.profile, gen, t)
         self.event(body, "Normal", "Planned", plan.reason or f"planned on {plan.gpu_class}")
         return plan
+
+    def _profiling_message(self, missing: Any) -> str:
+        """What a Profiling job's status says: tracing, or its place in the trace queue
+        (refreshed whenever a trace ends: every waiting job is reconciled then)."""
+        what = f"{missing.model} (profile {missing.id})"
+        ahead = self.profile_queue(missing) if self.profile_queue is not None else None
+        if not ahead:
+            return f"tracing {what}"
+        return (f"waiting to trace {what}: {ahead} other profile{'s' * (ahead > 1)} "
+                f"{'are' if ahead > 1 else 'is'} traced first (one at a time, namespaces in "
+                f"turn)")
 
     async def _admit(self, key: Key, body: dict[str, Any], plan: Plan,
                      st: YOLOTrainingJobStatus, gen: int) -> bool:

@@ -54,6 +54,22 @@ class TraceQueue(Generic[Item]):
         self._queued.discard(item)
         return item
 
+    def ahead_of(self, item: Item) -> int | None:
+        """How many queued items `pop` returns before `item` if nothing else is pushed
+        (None when it is not queued): the pops replayed on copies of the lines."""
+        if item not in self._queued:
+            return None
+        lines = {ns: list(line) for ns, line in self._lines.items()}
+        served = dict(self._served)
+        for count in range(len(self._queued)):
+            namespace = min(lines, key=lambda ns: served.get(ns, -1))
+            if lines[namespace].pop(0) == item:
+                return count
+            if not lines[namespace]:
+                del lines[namespace]
+            served[namespace] = self._pops + count
+        return None  # unreachable: a queued item is in a line
+
     def lengths(self) -> dict[str, int]:
         """Queued items per namespace (namespaces with none queued are left out)."""
         return {ns: len(line) for ns, line in self._lines.items()}
