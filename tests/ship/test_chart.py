@@ -125,18 +125,22 @@ def test_trace_budget_and_memory_limit_come_from_one_value(render: Render) -> No
         (c,) = deploy["spec"]["template"]["spec"]["containers"]
         return c
 
-    for args, budget, limit in (((), "3072Mi", 4096 * 2**20),
-                                (("--set", "profiling.memoryBudgetMiB=6144"), "6144Mi",
-                                 7168 * 2**20),
-                                (("--set", "resources.limits.memory=10Gi"), "3072Mi",
-                                 10 * 2**30)):
+    for args, budget, workers, limit in (
+            ((), "3072Mi", 1, 4096 * 2**20),
+            (("--set", "profiling.memoryBudgetMiB=6144"), "6144Mi", 1, 7168 * 2**20),
+            (("--set", "profiling.workers=3"), "3072Mi", 3, (3 * 3072 + 1024) * 2**20),
+            (("--set", "resources.limits.memory=10Gi"), "3072Mi", 1, 10 * 2**30)):
         c = container(*args)
         env = {e["name"]: e.get("value") for e in c["env"]}
         assert env["YOLOFIT_OPERATOR_TRACE_MEMORY_BUDGET"] == budget
-        settings = OperatorSettings(trace_memory_budget=budget)
+        assert env["YOLOFIT_OPERATOR_TRACE_WORKERS"] == str(workers)
+        settings = OperatorSettings(trace_memory_budget=budget,
+                                    trace_workers=env["YOLOFIT_OPERATOR_TRACE_WORKERS"])
         assert settings.trace_memory_budget_bytes == parse_bytes(budget)
+        assert settings.trace_workers == workers
         assert parse_bytes(c["resources"]["limits"]["memory"]) == limit
-        assert limit - parse_bytes(budget) >= 1024 * 2**20  # room for the operator itself
+        # room for the operator itself next to every worker's budget
+        assert limit - workers * parse_bytes(budget) >= 1024 * 2**20
 
 
 def test_two_replicas_coordinate_through_a_kopf_peering(render: Render) -> None:
@@ -394,7 +398,7 @@ def test_packaged_chart_leaves_out_the_generator(helm: str, tmp_path: Path) -> N
 
 @pytest.mark.parametrize("setting", ["webhook.certificates.mode=selfsigned",
                                      "monitoring.operator.kind=Pod", "replicaCount=0",
-                                     "webhook.timeoutSeconds=60"])
+                                     "webhook.timeoutSeconds=60", "profiling.workers=0"])
 def test_values_schema_refuses_a_bad_choice_by_name(helm: str, setting: str) -> None:
     result = subprocess.run([helm, "template", "x", str(CHART), "--set", setting],
                             capture_output=True, text=True, check=False)

@@ -62,6 +62,7 @@ class Operator:
         self.post_event = events.Poster(None, os.environ.get("POD_NAME", ""))
         self.reconciler: Reconciler | None = None
         self.profiler = Profiler(self.world.store, settings.profile_builder, self._profiled,
+                                 workers=settings.trace_workers,
                                  budget_bytes=settings.trace_memory_budget_bytes,
                                  timeout=settings.trace_timeout)
         self.tasks: list[asyncio.Task[None]] = []

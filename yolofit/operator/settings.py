@@ -79,6 +79,10 @@ class OperatorSettings(BaseSettings):
                                             "no budget.")
     trace_timeout: float = Field(1800.0, gt=0, description="Seconds one profile trace may "
                                  "take before its worker is stopped.")
+    trace_workers: int = Field(1, ge=1, le=64, description="Profile traces at once, each in "
+                               "its own worker under trace_memory_budget (and about one CPU "
+                               "for its duration). The chart's memory limit counts the budget "
+                               "once per worker (profiling.workers).")
     trace_server: bool = Field(True, description="Start the process trace workers fork "
                                "from, with the profile builder's modules (torch, Ultralytics) "
                                "imported, when this replica starts to lead (at startup when "
