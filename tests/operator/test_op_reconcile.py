@@ -379,3 +379,33 @@ def test_a_profiling_job_says_its_place_in_the_trace_queue(tmp_path: Path) -> No
     st = api.patches(f"{JOBS}/j/status")[-1]["status"]
     assert st["phase"] == "Profiling" and st["message"].startswith("tracing yolov8s (profile ")
     assert [c["message"] for c in st["conditions"] if c["type"] == "Profiled"] == [st["message"]]
+
+
+@pytest.mark.parametrize("rule_queue", [None, "lq"])
+def test_a_tenants_queue_label_does_not_swap_the_namespaces_quota(
+        tmp_path: Path, rule_queue: str | None) -> None:
+    """maxGpusAdmitted is the platform's. A job that picks a Kueue LocalQueue by its own label
+    is queued by Kueue *and* held to it; where the rule itself names the queue, the platform
+    handed the namespace's quota to Kueue and yolofit admits nothing itself."""
+    from yolofit.operator.api import GPUCapacityPolicySpec
+
+    world, api, r, _ = setup(tmp_path, nodes=2, gpus=4)
+    world.set_policy(GPUCapacityPolicySpec.model_validate({"namespaces": [
+        {"namespace": "ns", "maxGpusAdmitted": 2,
+         **({"kueueQueue": rule_queue} if rule_queue else {})}]}))
+    for i, name in enumerate(("a", "b")):
+        job = job_body(name, f"u-{name}", nodes=1, per_node=2,
+                       created=f"2026-01-01T00:00:0{i}Z")
+        job["metadata"]["labels"] = {"kueue.x-k8s.io/queue-name": "lq"}
+        world.jobs[("ns", name)] = job
+        run(r.reconcile(("ns", name)))
+    pods = {n for n in api.created() if "-worker-" in n}
+    st_b = api.patches(f"{JOBS}/b/status")[-1]["status"]
+    if rule_queue is None:  # the label alone: yolofit's 2 GPUs hold, b waits for them
+        assert world.admitted_gpus("ns") == 2 and pods == {"a-worker-0"}
+        assert st_b["phase"] == "Queued" and "has 2 of 2 GPUs admitted" in st_b["message"]
+        pod = api.objects[f"{PODS}/a-worker-0"]
+        assert pod["metadata"]["labels"]["kueue.x-k8s.io/queue-name"] == "lq"  # Kueue's too
+    else:  # the platform's rule: Kueue's ClusterQueue quota decides, both gangs go to it
+        assert pods == {"a-worker-0", "b-worker-0"} and not st_b.get("admitted")
+        assert not world.reserved  # nothing held against maxGpusAdmitted

@@ -3,8 +3,10 @@
 A job is Kueue-managed when its namespace's policy rule names a LocalQueue (`kueueQueue`)
 or the job carries the label `kueue.x-k8s.io/queue-name`. Then:
 
-- yolofit plans exactly as before (classes, levers, fit), but its own per-namespace quota
-  (`maxGpusAdmitted`) is not applied: Kueue's ClusterQueue quota is.
+- yolofit plans exactly as before (classes, levers, fit). Where the namespace's rule names
+  the queue, its own per-namespace quota (`maxGpusAdmitted`) is not applied: Kueue's
+  ClusterQueue quota is. A job that selects Kueue by its label alone is held to both (the
+  label is the tenant's; the rule is the platform's).
 - The gang's pods are created as a Kueue *plain pod group*: labels queue-name and
   pod-group-name, annotation pod-group-total-count, requests from the plan (launch.py), the
   plan's class as node selector, so Kueue can only assign the flavor whose nodeLabels match
@@ -68,6 +70,14 @@ def workload_path(namespace: str, name: str = "") -> str:
 
 
 # ---- which jobs, which group -------------------------------------------------------------
+
+def kueue_holds_quota(policy: GPUCapacityPolicySpec, namespace: str) -> bool:
+    """The namespace's rule hands its GPU quota to Kueue (names a `kueueQueue`). A job that
+    only carries the queue label is queued by Kueue *and* held to yolofit's quota: a tenant's
+    label must not swap the platform's `maxGpusAdmitted` for a LocalQueue with more."""
+    rule = pol.namespace_rule(policy, namespace)
+    return rule is not None and bool(rule.kueue_queue)
+
 
 def queue_name(policy: GPUCapacityPolicySpec, namespace: str,
                job: Mapping[str, Any]) -> str | None:

@@ -38,7 +38,7 @@ from yolofit.operator.api import (
 from yolofit.operator.failure_actions import FailureActions
 from yolofit.operator.gang_shell import GangShell
 from yolofit.operator.kube import Kube
-from yolofit.operator.kueue import KueueHook, queue_name
+from yolofit.operator.kueue import KueueHook, kueue_holds_quota, queue_name
 from yolofit.operator.reconciler_parts import EventFn
 from yolofit.operator.replan_actions import ReplanActions
 from yolofit.operator.sharing import apply as sharing
@@ -121,11 +121,13 @@ class Reconciler(FailureActions, ReplanActions):
         if await self._class_gone(key, body, plan, st, gen, t):
             return
         # 2. Quota: admitted at most once; a job over its namespace's GPUs waits Queued.
-        # Kueue-managed jobs skip yolofit's quota: Kueue admits them (kueue.py).
+        # Where the namespace's rule hands quota to Kueue, Kueue alone admits (kueue.py); a
+        # job whose own label picks a queue is held to this quota as well.
         queue = queue_name(self.world.policy, key[0], body)
-        if queue is None and not st.admitted and self._attempt_has_pods(key, st):
+        own_quota = queue is None or not kueue_holds_quota(self.world.policy, key[0])
+        if own_quota and not st.admitted and self._attempt_has_pods(key, st):
             st.admitted = True  # pods exist only after admission: a restart lost the write
-        if queue is None and not st.admitted:
+        if own_quota and not st.admitted:
             if not await self._admit(key, body, plan, st, gen):
                 return
             st.plan = plan
