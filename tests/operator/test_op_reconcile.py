@@ -372,8 +372,14 @@ def test_a_profiling_job_says_its_place_in_the_trace_queue(tmp_path: Path) -> No
     st = api.patches(f"{JOBS}/j/status")[-1]["status"]
     assert st["phase"] == "Profiling" and asked == [("yolov8s", ("ns", "j"))]
     assert st["message"].startswith("waiting to trace yolov8s (profile yolov8s|")
-    assert st["message"].endswith(": 2 other profiles are traced first (one at a time, "
-                                  "namespaces in turn)")
+    assert st["message"].endswith(": 2 other profiles are traced first (namespaces in turn)")
+    writes = len(api.patches(f"{JOBS}/j/status"))
+    for n in (40, 25, 11):  # a long queue draining: one message, no status write per trace
+        ahead[0] = n
+        run(r.reconcile(("ns", "j")))
+    assert len(api.patches(f"{JOBS}/j/status")) == writes + 1
+    assert api.patches(f"{JOBS}/j/status")[-1]["status"]["message"].endswith(
+        ": more than 10 other profiles are traced first (namespaces in turn)")
     ahead[0] = None  # its trace started
     run(r.reconcile(("ns", "j")))
     st = api.patches(f"{JOBS}/j/status")[-1]["status"]

@@ -48,6 +48,9 @@ from yolofit.operator.status import PodsOutcome, PodView, pod_view, set_conditio
 log = logging.getLogger("yolofit.operator")
 
 
+PLACES_SHOWN = 10  # a Profiling job's status counts the traces ahead of it up to this
+
+
 def now() -> str:
     return dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
@@ -274,14 +277,16 @@ class Reconciler(FailureActions, ReplanActions):
 
     def _profiling_message(self, missing: Any) -> str:
         """What a Profiling job's status says: tracing, or its place in the trace queue
-        (refreshed whenever a trace ends: every waiting job is reconciled then)."""
+        (refreshed whenever a trace ends: every waiting job is reconciled then). Places
+        beyond PLACES_SHOWN read alike, so a long queue costs each waiting job at most
+        PLACES_SHOWN + 1 status writes, not one per trace ahead of it."""
         what = f"{missing.model} (profile {missing.id})"
         ahead = self.profile_queue(missing) if self.profile_queue is not None else None
         if not ahead:
             return f"tracing {what}"
-        return (f"waiting to trace {what}: {ahead} other profile{'s' * (ahead > 1)} "
-                f"{'are' if ahead > 1 else 'is'} traced first (one at a time, namespaces in "
-                f"turn)")
+        count = f"more than {PLACES_SHOWN}" if ahead > PLACES_SHOWN else str(ahead)
+        return (f"waiting to trace {what}: {count} other profile{'s' * (ahead > 1)} "
+                f"{'are' if ahead > 1 else 'is'} traced first (namespaces in turn)")
 
     async def _admit(self, key: Key, body: dict[str, Any], plan: Plan,
                      st: YOLOTrainingJobStatus, gen: int) -> bool:
