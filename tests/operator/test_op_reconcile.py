@@ -364,7 +364,7 @@ def test_a_profiling_job_says_its_place_in_the_trace_queue(tmp_path: Path) -> No
 
     ahead: list[int | None] = [2]
     r.start_profiling = start
-    r.profile_queue = lambda key: ahead[0]
+    r.profile_queue = lambda key, at_most: ahead[0]
     job = job_body("j", "u", nodes=1)
     job["spec"]["model"] = "yolov8s"  # the store holds yolov8n profiles only
     world.jobs[("ns", "j")] = job

@@ -65,4 +65,5 @@ def test_ahead_of_is_the_order_pop_serves() -> None:
     expected = ["quiet-0", "other-0", "flood-1", "flood-2"]
     assert [queue.ahead_of(i) for i in expected] == [0, 1, 2, 3]
     assert queue.ahead_of("flood-0") is None  # served: not queued
+    assert [queue.ahead_of(i, at_most=1) for i in expected] == [0, 1, 2, 2]  # 2: "more"
     assert _drain(queue) == expected  # what ahead_of said, without pushes in between

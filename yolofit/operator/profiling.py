@@ -67,10 +67,10 @@ class Profiler:
             self._export_queue()
         return None
 
-    def ahead(self, key: ProfileKey) -> int | None:
+    def ahead(self, key: ProfileKey, at_most: int | None = None) -> int | None:
         """None while `key` is being traced (or not asked for); else how many queued keys
-        are traced before it."""
-        return None if key.id in self.inflight else self.queue.ahead_of(key)
+        are traced before it (at_most + 1: more than at_most)."""
+        return None if key.id in self.inflight else self.queue.ahead_of(key, at_most)
 
     def forget(self, job: tuple[str, str]) -> None:
         """`job` was deleted: a queued key no other job asked for is not traced."""

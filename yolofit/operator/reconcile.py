@@ -59,7 +59,7 @@ class Reconciler(FailureActions, ReplanActions):
     def __init__(self, world: World, api: Kube, event: EventFn,
                  start_profiling: Callable[[Any, Key], Awaitable[str | None]],
                  metrics_port: int = launch.METRICS_PORT,
-                 profile_queue: Callable[[Any], int | None] | None = None) -> None:
+                 profile_queue: Callable[[Any, int], int | None] | None = None) -> None:
         self.world, self.api, self.event = world, api, event
         self.start_profiling = start_profiling
         self.profile_queue = profile_queue  # queued profiles traced before a key (or None)
@@ -281,7 +281,8 @@ class Reconciler(FailureActions, ReplanActions):
         beyond PLACES_SHOWN read alike, so a long queue costs each waiting job at most
         PLACES_SHOWN + 1 status writes, not one per trace ahead of it."""
         what = f"{missing.model} (profile {missing.id})"
-        ahead = self.profile_queue(missing) if self.profile_queue is not None else None
+        ahead = (self.profile_queue(missing, PLACES_SHOWN) if self.profile_queue is not None
+                 else None)
         if not ahead:
             return f"tracing {what}"
         count = f"more than {PLACES_SHOWN}" if ahead > PLACES_SHOWN else str(ahead)

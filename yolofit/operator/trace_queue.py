@@ -54,21 +54,27 @@ class TraceQueue(Generic[Item]):
         self._queued.discard(item)
         return item
 
-    def ahead_of(self, item: Item) -> int | None:
+    def ahead_of(self, item: Item, at_most: int | None = None) -> int | None:
         """How many queued items `pop` returns before `item` if nothing else is pushed
-        (None when it is not queued): the pops replayed on copies of the lines."""
+        (None when it is not queued): the pops replayed on cursors into the lines. With
+        `at_most`, at most that many are counted: `at_most + 1` means "more" (the replay
+        stops there, so a long queue costs each caller a few steps, not its length)."""
         if item not in self._queued:
             return None
-        lines = {ns: list(line) for ns, line in self._lines.items()}
+        cursor = dict.fromkeys(self._lines, 0)  # namespace -> next index in its line
         served = dict(self._served)
-        for count in range(len(self._queued)):
-            namespace = min(lines, key=lambda ns: served.get(ns, -1))
-            if lines[namespace].pop(0) == item:
+        limit = len(self._queued) if at_most is None else min(at_most + 1, len(self._queued))
+        for count in range(limit):
+            namespace = min(cursor, key=lambda ns: served.get(ns, -1))
+            line, i = self._lines[namespace], cursor[namespace]
+            if line[i] == item:
                 return count
-            if not lines[namespace]:
-                del lines[namespace]
+            if i + 1 == len(line):
+                del cursor[namespace]
+            else:
+                cursor[namespace] = i + 1
             served[namespace] = self._pops + count
-        return None  # unreachable: a queued item is in a line
+        return limit  # at_most + 1: further back than at_most
 
     def lengths(self) -> dict[str, int]:
         """Queued items per namespace (namespaces with none queued are left out)."""
