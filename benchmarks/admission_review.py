@@ -56,8 +56,7 @@ def main() -> int:
         {"namespace": "team-a", "allowedClasses": ["t4", "h100-80gb"], "maxGpusPerJob": 8,
          "maxGpusAdmitted": 8}]}), policy.default_rule(16, 64))
     snap = Snapshot(policy=spec, classes=policy.effective_classes(spec, nodes),
-                    store=ProfileStore(shipped=identity.Path(
-                        identity.__file__).with_name("data") / "profiles.json"))
+                    store=ProfileStore())
     times: dict[str, list[float]] = {"parsed once per file": [], "parsed every review": []}
     allowed = 0
     for i in range(args.reviews):

@@ -75,8 +75,7 @@ def kueue_holds_quota(policy: GPUCapacityPolicySpec, namespace: str) -> bool:
     """The namespace's rule hands its GPU quota to Kueue (names a `kueueQueue`). A job that
     only carries the queue label is queued by Kueue *and* held to yolofit's quota: a tenant's
     label must not swap the platform's `maxGpusAdmitted` for a LocalQueue with more."""
-    rule = pol.namespace_rule(policy, namespace)
-    return rule is not None and bool(rule.kueue_queue)
+    return queue_name(policy, namespace, {}) is not None  # a job without the label
 
 
 def queue_name(policy: GPUCapacityPolicySpec, namespace: str,

@@ -95,8 +95,8 @@ def queues(policy: GPUCapacityPolicySpec,
             cap = capacity.get(name, _NONE)
             quota = {"cpu": cap.cpu, "memory": cap.memory_bytes, GPU: cap.gpus,
                      **{d: cap.devices.get(d, 0) for d in devices}}
-            for counted in (GPU, *(d for d in devices if d.startswith(MIG_PREFIX))):
-                if rule.max_gpus_admitted is not None:  # a slice is a GPU of the limit
+            if rule.max_gpus_admitted is not None:  # a slice is a GPU of the limit
+                for counted in (GPU, *(d for d in devices if d.startswith(MIG_PREFIX))):
                     quota[counted] = min(quota[counted], rule.max_gpus_admitted)
             flavor_quotas.append({"name": name, "resources": [
                 {"name": r, "nominalQuota": str(quota[r])}

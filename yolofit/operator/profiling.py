@@ -59,12 +59,10 @@ class Profiler:
             self.failed.pop(key.id)
         if key.id in self.inflight:
             return None
-        askers = self.askers.setdefault(key.id, set())
-        askers.add(job or ("", ""))
-        if key not in self.queue:
-            self.queue.push((job or ("", ""))[0], key)
+        job = job or ("", "")
+        self.askers.setdefault(key.id, set()).add(job)
+        if self.queue.push(job[0], key):
             self._pump()
-            self._export_queue()
         return None
 
     def ahead(self, key: ProfileKey, at_most: int | None = None) -> int | None:
@@ -78,17 +76,18 @@ class Profiler:
             askers.discard(job)
 
     def _pump(self) -> None:
-        """Start the next queued traces while fewer than `workers` run; a key whose askers
-        were all forgotten is dropped."""
+        """Start the next queued traces while fewer than `workers` run (a key whose askers
+        were all forgotten is dropped), then export the queue's length."""
         while not self._closed and len(self.inflight) < self.workers:
             key = self.queue.pop()
             if key is None:
-                return
+                break
             if not self.askers.pop(key.id, None):
                 log.info("not tracing %s: every job that asked for it was deleted", key.id)
                 metrics.TRACES.labels("dropped").inc()
                 continue
             self.inflight[key.id] = asyncio.create_task(self._run(key))
+        self._export_queue()
 
     async def _run(self, key: ProfileKey) -> None:
         started = time.monotonic()
@@ -112,7 +111,6 @@ class Profiler:
                 metrics.TRACE_PEAK_RSS.observe(run.peak_rss)
             self.inflight.pop(key.id, None)
             self._pump()
-            self._export_queue()
         await self.done(key)
 
     def _export_queue(self) -> None:

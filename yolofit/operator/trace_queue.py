@@ -17,7 +17,7 @@ namespace when stored). Pure: no asyncio, no Kubernetes.
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Hashable
+from collections.abc import Hashable, Iterable, Mapping
 from typing import Generic, TypeVar
 
 Item = TypeVar("Item", bound=Hashable)
@@ -44,7 +44,7 @@ class TraceQueue(Generic[Item]):
         """The oldest item of the namespace served least recently (None when empty)."""
         if not self._lines:
             return None
-        namespace = min(self._lines, key=lambda ns: self._served.get(ns, -1))  # first wins ties
+        namespace = _least_recently_served(self._lines, self._served)
         line = self._lines[namespace]
         item = line.popleft()
         if not line:
@@ -65,7 +65,7 @@ class TraceQueue(Generic[Item]):
         served = dict(self._served)
         limit = len(self._queued) if at_most is None else min(at_most + 1, len(self._queued))
         for count in range(limit):
-            namespace = min(cursor, key=lambda ns: served.get(ns, -1))
+            namespace = _least_recently_served(cursor, served)
             line, i = self._lines[namespace], cursor[namespace]
             if line[i] == item:
                 return count
@@ -90,6 +90,11 @@ class TraceQueue(Generic[Item]):
 
     def __len__(self) -> int:
         return len(self._queued)
+
+
+def _least_recently_served(namespaces: Iterable[str], served: Mapping[str, int]) -> str:
+    """The namespace served longest ago; never served first, the first listed wins ties."""
+    return min(namespaces, key=lambda ns: served.get(ns, -1))
 
 
 __all__ = ["TraceQueue"]

@@ -403,6 +403,7 @@ def fleet_capacity(policy: Any, nodes: Iterable[dict[str, Any]]) -> dict[str, An
     for c in policy.classes:
         gpus = cpu = mem = 0
         devices: dict[str, int] = {}
+        slices = mig_resource(c.mig_profile) if c.mig_profile else None
         for n in nodes:
             labels = n["metadata"].get("labels") or {}
             if c.node_selector and all(labels.get(k) == v for k, v in c.node_selector.items()):
@@ -411,9 +412,8 @@ def fleet_capacity(policy: Any, nodes: Iterable[dict[str, Any]]) -> dict[str, An
                 gpus += node_gpus
                 cpu += int(float(str(alloc.get("cpu", "0")).rstrip("m")))
                 mem += parse_bytes(str(alloc.get("memory", "0")))
-                if c.mig_profile and mig_resource(c.mig_profile) in alloc:
-                    name = mig_resource(c.mig_profile)
-                    devices[name] = devices.get(name, 0) + int(alloc[name])
+                if slices is not None and slices in alloc:
+                    devices[slices] = devices.get(slices, 0) + int(alloc[slices])
                 if c.backend.kind == "hami":
                     mib = node_gpus * int(labels.get("nvidia.com/gpu.memory", 0) or 0)
                     devices[GPUMEM] = devices.get(GPUMEM, 0) + mib
