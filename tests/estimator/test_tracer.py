@@ -332,6 +332,26 @@ def test_copies_that_inference_mode_dispatches_whole_are_recorded(compute: str) 
     assert [e.nbytes for e in tracker.events if e.alloc] == [96, 96, 48]
 
 
+def test_hollow_copies_in_inference_mode_are_made_from_shapes() -> None:
+    """Validation casts the hollow EMA weights and the hollow image (inference_mode hands
+    `to`/`contiguous` over whole): the copies are recorded as before, hollow, and never
+    computed - no page of the source or the copy is touched."""
+    tracker = T.StorageTracker("hollow")
+    with tracker, tracker.hollow_empty():
+        x = torch.empty(64, 2**20)  # 256 MiB, hollow
+    before = _rss()
+    with torch.inference_mode(), tracker:
+        y = x.to(torch.float16)  # a copy: 128 MiB
+        z = x.t().contiguous()  # a copy: 256 MiB
+        w = x.contiguous()  # x itself
+    grown = _rss() - before
+    assert [e.nbytes for e in tracker.events if e.alloc] == [2**28, 2**27, 2**28]
+    assert all(tracker._is_hollow(t) for t in (y, z, w))
+    assert y.dtype == torch.float16 and z.shape == (2**20, 64) and z.is_contiguous()
+    assert w.data_ptr() == x.data_ptr()
+    assert grown < 32 * 2**20, grown
+
+
 def test_hollow_copy_touches_no_weight_pages() -> None:
     """A hollow copy of a 26M-parameter model (100 MiB of weights) costs no resident memory:
     its storages are allocated with the same sizes and never written."""

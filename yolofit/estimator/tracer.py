@@ -155,7 +155,7 @@ class StorageTracker(TorchDispatchMode):
     # -- registration -------------------------------------------------------------------------
     def track(self, tensor: torch.Tensor, category: str | None = None) -> int | None:
         """Register a tensor's storage (no-op if known); returns its sid."""
-        if tensor.device.type == "meta" or getattr(tensor, "is_sparse", False):
+        if tensor.is_meta or tensor.is_sparse:
             return None
         storage = tensor.untyped_storage()
         key = storage._cdata
@@ -205,13 +205,13 @@ class StorageTracker(TorchDispatchMode):
         """Declare the values of these (tracked) tensors meaningless: ops that read them
         are answered from shapes only (see `__torch_dispatch__`)."""
         for t in tree_flatten(tensors)[0]:
-            if isinstance(t, torch.Tensor) and t.device.type != "meta":
+            if isinstance(t, torch.Tensor) and not t.is_meta:
                 sid = self.live.get(t.untyped_storage()._cdata)
                 if sid is not None:
                     self.hollow.add(sid)
 
     def _is_hollow(self, t: torch.Tensor) -> bool:
-        if t.device.type == "meta":
+        if t.is_meta:
             return False
         sid = self.live.get(t.untyped_storage()._cdata)
         return sid is not None and sid in self.hollow
@@ -225,7 +225,7 @@ class StorageTracker(TorchDispatchMode):
         finally:
             self._force_real = previous
         for t in tree_flatten(tensors)[0]:
-            if isinstance(t, torch.Tensor) and t.device.type != "meta":
+            if isinstance(t, torch.Tensor) and not t.is_meta:
                 sid = self.live.get(t.untyped_storage()._cdata)
                 self.hollow.discard(sid if sid is not None else -1)
 
@@ -239,7 +239,7 @@ class StorageTracker(TorchDispatchMode):
             self.make_real(tensors)
             return
         for t in tree_flatten(tensors)[0]:
-            if isinstance(t, torch.Tensor) and t.device.type != "meta":
+            if isinstance(t, torch.Tensor) and not t.is_meta:
                 sid = self.live.get(t.untyped_storage()._cdata)
                 if sid is not None:  # (a sid: a reference would keep the storage alive)
                     self._unread.add(sid)
@@ -252,7 +252,7 @@ class StorageTracker(TorchDispatchMode):
         if self.phase in SHAPE_PHASES or (self._is_view(func) and func not in _MAY_COPY):
             return
         for t in _tensors(_values_read(func, args, kwargs)):
-            if t.device.type != "meta":
+            if not t.is_meta:
                 sid = self.live.get(t.untyped_storage()._cdata)
                 if sid is not None and sid in self._unread:
                     self._unread.discard(sid)
@@ -342,12 +342,16 @@ class StorageTracker(TorchDispatchMode):
             out = self._hollow_mutation(func, args, kwargs)
             if out is _NOT_DONE and entry is not None and entry.fresh:
                 out, meta = entry.answer()  # what the same op answered last iteration
-            elif out is _NOT_DONE:  # computed for real from meaningless values: so is its result
+            elif out is _NOT_DONE:  # computed from meaningless values: so is its result
                 meta = not self._is_view(func) or func in _MAY_COPY
                 if func in _ALWAYS_REAL:  # a size or a branch taken from garbage: stop
                     self.hollow_reads.append(str(func))
                     raise HollowRead(f"{func} read a value hollow compute never made (phase "
                                      f"{self.phase})")
+                if func in _MAY_COPY and self.shape_only:  # (validation's autocast casts of
+                    # the hollow EMA weights, the image's .half()): a copy from shapes; an
+                    # alias (the meta kernel's does not copy either) is run, it is free
+                    out = _shape_only(func, args, kwargs, self.hollow_mode)
         if out is _NOT_DONE:
             out = func(*args, **kwargs)
         aliasing = not self._returns_new(func)
@@ -530,10 +534,15 @@ def _tensors(tree: Any) -> list[torch.Tensor]:
         if isinstance(x, torch.Tensor):
             found.append(x)
         elif isinstance(x, (list, tuple)):
+            if type(x) is list and x and type(x[0]) in _NUMBERS:  # an int[] or float[]
+                continue  # argument (sizes, strides; an op's own arguments are a tuple)
             stack.extend(reversed(x))
         elif isinstance(x, dict):
             stack.extend(reversed(list(x.values())))
     return found
+
+
+_NUMBERS = frozenset({int, float, bool})
 
 
 def _values_read(func: Any, args: Any, kwargs: Any) -> Any:
@@ -617,7 +626,7 @@ def _signature(x: Any) -> Any:
     offset and dtype; a scalar's type and value (1 and 1.0 promote differently); lists and
     dicts element by element."""
     if isinstance(x, torch.Tensor):
-        return (_TENSOR, tuple(x.shape), x.stride(), x.storage_offset(), x.dtype, x.device.type)
+        return (_TENSOR, tuple(x.shape), x.stride(), x.storage_offset(), x.dtype, x.is_meta)
     if isinstance(x, (list, tuple)):
         return (type(x), *(_signature(v) for v in x))
     if isinstance(x, dict):
