@@ -219,3 +219,21 @@ def test_profiles_build_without_model_precomputes_the_shipped_set(
     assert seen == {"models": ["yolov8n", "yolo11n"], "imgsz": [320, 640], "amp": ["fp16"],
                     "checkpointing": [False, True], "keys": ["k1", "k2"], "out": out,
                     "budget": 60.0}
+
+
+def test_estimate_and_plan_name_the_gpu_class_the_same_way(
+        only_estimator_commands: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """`--gpu` and `--gpu-class` are one option in both commands (a user who estimated with
+    `--gpu t4` plans with the same flag, not argparse's "ambiguous option")."""
+    _seed(only_estimator_commands, "yolo11m.yaml")
+    outs = []
+    for flag in ("--gpu", "--gpu-class"):
+        code, out, err = run(["plan", "--model", "yolo11m.yaml", flag, "t4", "--json"], capsys)
+        assert code == 0, err
+        outs.append(json.loads(out))
+        code, out, err = run(["estimate", "--model", "yolo11m.yaml", flag, "a100-40gb",
+                              "--json"], capsys)
+        assert code == 0, err
+        outs.append(json.loads(out))
+    assert outs[0] == outs[2] and outs[1] == outs[3]
+    assert outs[0]["gpu_class"] == "t4"

@@ -442,7 +442,7 @@ def register(subparsers: Any) -> None:
     _common(est, "fp16", AMP_MODES)
     est.add_argument("--batch", default="16", help="batch per GPU")
     est.add_argument("--checkpointing", action="store_true", help="activation checkpointing on")
-    est.add_argument("--gpu", default="t4",
+    est.add_argument("--gpu", "--gpu-class", dest="gpu", default="t4",
                      help=f"GPU class for context/workspaces ({', '.join(known_classes())})")
     est.add_argument("--gpu-memory", help="override the class's usable memory, e.g. 15GiB")
     est.set_defaults(func=_estimate_cmd)
@@ -453,7 +453,8 @@ def register(subparsers: Any) -> None:
                     "(with --min-imgsz) a smaller imgsz. Exit code 1 when it does not fit.")
     _common(pl, "auto", AMP_CHOICES)
     pl.add_argument("--gpu-memory", help="usable memory per GPU, e.g. 15GiB")
-    pl.add_argument("--gpu-class", help="GPU class(es) in preference order, e.g. t4,a100-40gb")
+    pl.add_argument("--gpu-class", "--gpu", dest="gpu_class",
+                    help="GPU class(es) in preference order, e.g. t4,a100-40gb")
     pl.add_argument("--gpus", default="1", help="GPUs per node")
     pl.add_argument("--nodes", default="1", help="nodes (world size = gpus x nodes)")
     pl.add_argument("--nbs", default="64", help="nominal batch size (Ultralytics nbs)")
