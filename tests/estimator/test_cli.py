@@ -237,3 +237,17 @@ def test_estimate_and_plan_name_the_gpu_class_the_same_way(
         outs.append(json.loads(out))
     assert outs[0] == outs[2] and outs[1] == outs[3]
     assert outs[0]["gpu_class"] == "t4"
+
+
+def test_a_reader_that_leaves_early_is_not_a_traceback() -> None:
+    """`yolofit ... | head -1`: the command ends quietly with 141 (128 + SIGPIPE), as cat
+    does, not with a BrokenPipeError traceback."""
+    import subprocess
+
+    proc = subprocess.Popen([sys.executable, "-m", "yolofit.cli", "crds"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert proc.stdout is not None and proc.stderr is not None
+    proc.stdout.close()  # before the command's first write (it starts in ~0.3 s)
+    err = proc.stderr.read().decode()
+    assert proc.wait(timeout=60) == 141, err
+    assert "Traceback" not in err and "BrokenPipe" not in err
