@@ -239,6 +239,23 @@ def test_estimate_and_plan_name_the_gpu_class_the_same_way(
     assert outs[0]["gpu_class"] == "t4"
 
 
+@pytest.mark.parametrize(("argv", "imgsz"), [
+    (["--model", "yolo11s-cls.yaml"], 224),  # Ultralytics' ClassificationTrainer default
+    (["--model", "yolo11s-cls.yaml", "--imgsz", "640"], 640),
+    (["--model", "yolo11s.yaml"], 640),
+])
+def test_imgsz_defaults_to_what_ultralytics_trains_the_task_at(
+        only_estimator_commands: Path, capsys: pytest.CaptureFixture[str], argv: list[str],
+        imgsz: int) -> None:
+    _seed(only_estimator_commands, argv[1], imgsz=imgsz)
+    code, out, err = run(["plan", *argv, "--gpu", "t4", "--json"], capsys)
+    assert code == 0, err
+    assert json.loads(out)["imgsz"] == imgsz
+    code, out, err = run(["estimate", *argv, "--json"], capsys)
+    assert code == 0, err
+    assert json.loads(out)["profile_id"].split("|")[2] == str(imgsz)
+
+
 def test_a_reader_that_leaves_early_is_not_a_traceback() -> None:
     """`yolofit ... | head -1`: the command ends quietly with 141 (128 + SIGPIPE), as cat
     does, not with a BrokenPipeError traceback."""

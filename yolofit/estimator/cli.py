@@ -21,7 +21,7 @@ from typing import Any
 
 from yolofit.cli import UsageError
 from yolofit.estimator.gpu import GpuClass, from_memory, get_gpu_class, known_classes
-from yolofit.estimator.identity import TASKS
+from yolofit.estimator.identity import TASKS, default_imgsz
 from yolofit.estimator.planner import AMP_CHOICES, Plan, PlanRequest, plan
 from yolofit.estimator.profile import (
     AMP_MODES,
@@ -64,6 +64,11 @@ def _imgsz(flag: str, text: str) -> int:
     return value
 
 
+def _imgsz_or_default(text: str | None, task: str) -> int:
+    """--imgsz, else what Ultralytics trains the task at (640; classify 224)."""
+    return default_imgsz(task) if text is None else _imgsz("--imgsz", text)
+
+
 def _choice(flag: str, text: str, choices: tuple[str, ...]) -> str:
     for choice in choices:
         if text.lower() == choice.lower():
@@ -71,7 +76,7 @@ def _choice(flag: str, text: str, choices: tuple[str, ...]) -> str:
     raise UsageError(f"{flag}: must be one of {', '.join(choices)}, got {text!r}")
 
 
-def _model(text: str, task: str | None = None) -> tuple[str, str]:
+def _model(text: str, task: str | None = None) -> tuple[str, str, str]:
     try:
         ref = resolve_model(text)
     except UnknownModel as exc:
@@ -83,7 +88,7 @@ def _model(text: str, task: str | None = None) -> tuple[str, str]:
     if task is not None and task != ref.task:
         raise UsageError(f"--task: {text} trains task {ref.task}, not {task}; pass "
                          f"--task {ref.task} or omit it")
-    return ref.name, ref.config_hash
+    return ref.name, ref.config_hash, ref.task
 
 
 def _optimizer(text: str) -> str:
@@ -183,8 +188,8 @@ def _task(text: str | None) -> str | None:
 
 
 def _estimate_cmd(args: argparse.Namespace) -> int:
-    name, chash = _model(args.model, _task(args.task))
-    imgsz = _imgsz("--imgsz", args.imgsz)
+    name, chash, task = _model(args.model, _task(args.task))
+    imgsz = _imgsz_or_default(args.imgsz, task)
     batch = _int("--batch", args.batch)
     amp = _choice("--amp", args.amp, AMP_MODES)
     objects = _int("--objects", args.objects, minimum=0)
@@ -274,9 +279,9 @@ def _plan_classes(args: argparse.Namespace) -> list[GpuClass]:
 
 
 def _plan_request(args: argparse.Namespace) -> PlanRequest:
-    _, chash = _model(args.model, _task(args.task))
+    _, chash, task = _model(args.model, _task(args.task))
     fields = dict(
-        model=args.model, config_hash=chash, imgsz=_imgsz("--imgsz", args.imgsz),
+        model=args.model, config_hash=chash, imgsz=_imgsz_or_default(args.imgsz, task),
         nc=_int("--nc", args.nc), nbs=_int("--nbs", args.nbs),
         world_size=_int("--gpus", args.gpus) * _int("--nodes", args.nodes),
         amp=_choice("--amp", args.amp, AMP_CHOICES), objects=_int("--objects", args.objects, 0),
@@ -357,7 +362,7 @@ def _profiles_build(args: argparse.Namespace) -> int:
     if not models or args.out:
         return _precompute(models, sizes, amps, optimizer, nc, checkpointing, args)
     store = ProfileStore()
-    for model, (name, chash) in refs.items():
+    for model, (name, chash, _) in refs.items():
         for imgsz in sizes:
             for amp in amps:
                 for ckpt in checkpointing:
@@ -414,7 +419,8 @@ def _common(p: argparse.ArgumentParser, amp_default: str, amp_choices: tuple[str
     p.add_argument("--model", required=True,
                    help="shipped model of any task (yolov8s.yaml, yolo11m, yolo11s-seg, "
                         "yolo11s-pose, yolo11s-obb, yolo11s-cls) or a local .yaml/.pt")
-    p.add_argument("--imgsz", default="640", help="training image size, multiple of 32")
+    p.add_argument("--imgsz", help="training image size, multiple of 32; default "
+                   "Ultralytics' for the task: 640, classify 224")
     p.add_argument("--amp", default=amp_default, help=f"one of {', '.join(amp_choices)}")
     p.add_argument("--objects", default="50",
                    help="most labels in one image of the dataset (mosaic puts up to 4x in a "

@@ -84,6 +84,17 @@ def model_task(model: str) -> str | None:
         return task_from_name(model)
 
 
+# Ultralytics' imgsz when train() is not given one: cfg/default.yaml's 640, except that
+# ClassificationTrainer sets 224 (models/yolo/classify/train.py).
+DEFAULT_IMGSZ = 640
+TASK_DEFAULT_IMGSZ = {"classify": 224}
+
+
+def default_imgsz(task: str | None) -> int:
+    """The imgsz Ultralytics trains `task` at when the user gives none."""
+    return TASK_DEFAULT_IMGSZ.get(task or "detect", DEFAULT_IMGSZ)
+
+
 def with_kpt_shape(ref: ModelRef, kpt_shape: tuple[int, int] | list[int] | None) -> ModelRef:
     """A pose model trained on data whose kpt_shape differs from the YAML's: Ultralytics
     rebuilds the head for the data's shape (PoseModel(data_kpt_shape=...)), so it is another

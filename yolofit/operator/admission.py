@@ -12,7 +12,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from yolofit.estimator import planner
-from yolofit.estimator.identity import model_task
+from yolofit.estimator.identity import default_imgsz, model_task
 from yolofit.estimator.profile import ProfileKey, ProfileMissing, ProfileStore
 from yolofit.estimator.train_args import memory_effects
 from yolofit.operator import pod_rules, pod_spec_checks, ultralytics_args, weights
@@ -63,7 +63,7 @@ def plan_request(spec: YOLOTrainingJobSpec, policy: GPUCapacityPolicySpec,
     densest, mean = label_density(spec, policy)
     return planner.PlanRequest(
         mosaic=effects.mosaic, multi_scale=effects.multi_scale,
-        model=weights.architecture(spec), nc=spec.classes, imgsz=spec.imgsz, nbs=spec.nbs,
+        model=weights.architecture(spec), nc=spec.classes, imgsz=job_imgsz(spec), nbs=spec.nbs,
         world_size=spec.gpus.nodes * spec.gpus.per_node, amp=spec.amp,
         objects=densest, mean_objects=min(mean, densest),
         optimizer=spec.optimizer, allow_amp=levers.amp,
@@ -90,6 +90,11 @@ def job_task(spec: YOLOTrainingJobSpec) -> str | None:
     """spec.task, else the model's own task (None: a model whose name says nothing, e.g. a
     custom YAML the webhook cannot read)."""
     return spec.task or model_task(spec.model)
+
+
+def job_imgsz(spec: YOLOTrainingJobSpec) -> int:
+    """spec.imgsz, else the task's Ultralytics default (640; classify 224)."""
+    return spec.imgsz or default_imgsz(job_task(spec))
 
 
 def task_error(spec: YOLOTrainingJobSpec) -> str | None:

@@ -133,8 +133,9 @@ class YOLOTrainingJobSpec(Model):
                               "that disagrees with the model is refused.")
     classes: int = Field(80, ge=1, le=100000, description="Number of classes (nc) of the "
                          "dataset; the memory profile depends on it.")
-    imgsz: int = Field(640, ge=32, le=4096, multiple_of=32, description="Training image "
-                       "size in pixels (multiple of 32).")
+    imgsz: int | None = Field(None, ge=32, le=4096, multiple_of=32, description="Training "
+                              "image size in pixels (multiple of 32). Default: what "
+                              "Ultralytics trains the task at, 640, and 224 for classify.")
     epochs: int = Field(100, ge=1, le=100000, description="Training epochs.")
     nbs: int = Field(64, ge=1, le=65536, description="Nominal batch: images per optimizer "
                      "step across all GPUs; the plan keeps it whatever batch fits per GPU.")
