@@ -37,6 +37,7 @@ async def test_one_namespaces_burst_does_not_hold_another_namespaces_first_estim
     seconds_before = sample("yolofit_trace_duration_seconds_count")
     profiler = Profiler(store, BUILDER, done, workers=1)
     try:
+        assert not profiler.busy()
         burst, quiet, doomed = [_key(nc) for nc in (3, 4)], _key(5), _key(6)
         for i, key in enumerate(burst):  # the first starts at once, the second waits
             assert await profiler.start(key, ("flood", f"j{i}")) is None
@@ -44,7 +45,7 @@ async def test_one_namespaces_burst_does_not_hold_another_namespaces_first_estim
         assert await profiler.start(burst[1], ("other", "o")) is None  # another job asks
         assert await profiler.start(quiet, ("quiet", "q")) is None
         assert await profiler.start(doomed, ("doomed", "d")) is None
-        assert len(profiler.inflight) == 1 and len(profiler.queue) == 3
+        assert len(profiler.inflight) == 1 and len(profiler.queue) == 3 and profiler.busy()
         # What the jobs' status says (Profiler.ahead): the running key none, the quiet
         # namespace's key first in line although it asked last.
         assert [profiler.ahead(k) for k in (burst[0], quiet, doomed, burst[1])] == [
@@ -57,6 +58,8 @@ async def test_one_namespaces_burst_does_not_hold_another_namespaces_first_estim
         assert order == [3, 5, 4]  # first come, first served would be [3, 4, 5]
         assert all(store.get(k) is not None for k in (*burst, quiet))
         assert not profiler.inflight and len(profiler.queue) == 0
+        await asyncio.sleep(0)  # the last trace's task ends (its `done` has run)
+        assert not profiler.busy()  # (a replica that stops leading stops its server now)
         assert store.get(doomed) is None and 6 not in order
         # What an SRE sees: three traces ok, one dropped, each timed; the queue drained.
         assert sample("yolofit_traces_total", result="ok") - before["ok"] == 3

@@ -25,10 +25,19 @@ if __name__ == "__main__":
     started = tw.start_server("preloadprobe:probe")
     key = key_for("yolov8n", 64).to_dict()
     out = [tw.trace_in_worker("preloadprobe:probe", key, timeout=60)]
+    server = forkserver._forkserver._forkserver_pid
+    stopped = None
     if sys.argv[1] == "kill-server":  # as the OOM killer would
-        os.kill(forkserver._forkserver._forkserver_pid, signal.SIGKILL)
+        os.kill(server, signal.SIGKILL)
+    if sys.argv[1] == "stop-server":  # a replica that stops leading
+        stopped = tw.stop_server()
+        try:
+            os.kill(server, 0)
+        except ProcessLookupError:
+            stopped = stopped and "gone"
     out.append(tw.trace_in_worker("preloadprobe:probe", key, timeout=60))
-    print(json.dumps({"started": started, "me": os.getpid(), "runs": out}))
+    print(json.dumps({"started": started, "me": os.getpid(), "runs": out, "stopped": stopped,
+                      "again": tw.stop_server() and tw.stop_server()}))
 """
 
 
@@ -56,6 +65,49 @@ def test_a_killed_server_is_started_again_by_the_next_trace() -> None:
     runs = run("kill-server")["runs"]
     assert isinstance(runs, list)
     assert runs[1]["preloaded"] is True and runs[1]["ppid"] != runs[0]["ppid"]
+
+
+def test_a_stopped_server_is_gone_and_the_next_trace_starts_another() -> None:
+    out = run("stop-server")
+    assert out["stopped"] == "gone"  # its process exited (its memory is back)
+    runs = out["runs"]
+    assert isinstance(runs, list)
+    assert runs[1]["preloaded"] is True and runs[1]["ppid"] != runs[0]["ppid"]
+    assert out["again"] is False  # stopping twice: the second finds none
+
+
+def test_a_replica_that_stops_leading_stops_its_server_once_its_traces_end(
+        monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """Not under a running trace (its exit status travels through the server), and not
+    when the replica leads again first."""
+    import asyncio
+
+    from yolofit.estimator import trace_worker
+    from yolofit.operator.handlers import Operator
+    from yolofit.operator.settings import OperatorSettings
+
+    op = Operator(OperatorSettings(profile_dir=tmp_path))
+    stops: list[int] = []
+    busy = [True]
+    monkeypatch.setattr(trace_worker, "stop_server", lambda: stops.append(1) or True)
+    monkeypatch.setattr(op.profiler, "busy", lambda: busy[0])
+
+    async def main() -> None:
+        op.leading = False
+        task = asyncio.create_task(op._stop_trace_server(poll=0.01))
+        await asyncio.sleep(0.1)
+        assert stops == []  # a trace it started while leading still runs
+        busy[0] = False
+        await asyncio.wait_for(task, 5)
+        assert stops == [1]
+        busy[0] = True
+        task = asyncio.create_task(op._stop_trace_server(poll=0.01))
+        await asyncio.sleep(0.1)
+        op.leading, busy[0] = True, False  # leads again before its trace ended
+        await asyncio.wait_for(task, 5)
+        assert stops == [1]
+
+    asyncio.run(main())
 
 
 def test_the_real_builder_preloads_the_tracer_and_what_it_imports() -> None:

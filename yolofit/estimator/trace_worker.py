@@ -135,6 +135,21 @@ def start_server(builder: str) -> bool:
     return True
 
 
+def stop_server() -> bool:
+    """Stop the server workers fork from, if one runs (its ~700 MiB go back; running workers
+    are not its children's business: they finish and report). The next start_server or
+    trace starts a new one. multiprocessing has no public stop: its own tests use the
+    forkserver's `_stop`; where that is missing, the server stays (False)."""
+    from multiprocessing import forkserver
+
+    server = forkserver._forkserver  # noqa: SLF001 - the module's singleton
+    stop = getattr(server, "_stop", None)
+    if stop is None or server._forkserver_pid is None:  # noqa: SLF001
+        return False
+    stop()
+    return True
+
+
 def _start(ctx: Any, builder: str, key_dict: dict[str, Any], conn: Connection,
            attempts: int = 3) -> Any:
     """Start the worker. A server that died (the OOM killer) just before can still look
@@ -238,4 +253,5 @@ def trace_in_worker(builder: str, key_dict: dict[str, Any], budget_bytes: int | 
 
 
 __all__ = ["TraceFailed", "TraceRun", "limit_heap_retention", "preload_modules", "rss_bytes",
+           "stop_server",
            "start_server", "trace_in_worker"]

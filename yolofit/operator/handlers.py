@@ -307,16 +307,29 @@ class Operator:
         elif not now_leading and self.leading:
             log.info("peering: another replica leads; standing by")
             self.leading = False
+            self.tasks = [t for t in self.tasks if not t.done()]  # (leadership may flap)
+            self.tasks.append(asyncio.get_running_loop().create_task(self._stop_trace_server()))
 
     async def _start_trace_server(self) -> None:
         """Only the replica that leads traces: a standby holds no trace server (~700 MiB)
         until it takes over. Starting returns at once; the server imports in the
-        background. Once started it stays, should leadership move away and back."""
+        background. A replica that stops leading stops it (_stop_trace_server)."""
         s = self.settings
         if s.trace_server and await asyncio.to_thread(trace_worker.start_server,
                                                        s.profile_builder):
             log.info("trace workers fork from a server importing %s",
                      ", ".join(trace_worker.preload_modules(s.profile_builder)))
+
+    async def _stop_trace_server(self, poll: float = 2.0) -> None:
+        """A replica that stops leading gives its trace server back once its own traces
+        (asked for while it led) have ended; not if it leads again first. Stopping the
+        server under a running trace would end that trace (its exit status travels through
+        the server)."""
+        while not self.leading and self.profiler.busy():
+            await asyncio.sleep(poll)
+        if not self.leading and self.settings.trace_server and await asyncio.to_thread(
+                trace_worker.stop_server):
+            log.info("trace server stopped: this replica stands by")
 
     async def _every(self, seconds: float, fn: Any) -> None:
         while True:

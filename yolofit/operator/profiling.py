@@ -70,6 +70,10 @@ class Profiler:
         are traced before it (at_most + 1: more than at_most)."""
         return None if key.id in self.inflight else self.queue.ahead_of(key, at_most)
 
+    def busy(self) -> bool:
+        """A trace runs or waits for a worker."""
+        return bool(self.inflight) or len(self.queue) > 0
+
     def forget(self, job: tuple[str, str]) -> None:
         """`job` was deleted: a queued key no other job asked for is not traced."""
         for askers in self.askers.values():
