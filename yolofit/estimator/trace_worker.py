@@ -144,7 +144,7 @@ def stop_server() -> bool:
 
     server = forkserver._forkserver  # noqa: SLF001 - the module's singleton
     stop = getattr(server, "_stop", None)
-    if stop is None or server._forkserver_pid is None:  # noqa: SLF001
+    if stop is None or getattr(server, "_forkserver_pid", None) is None:
         return False
     stop()
     return True
