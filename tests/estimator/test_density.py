@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -56,3 +57,27 @@ def test_cli_json(data: Path, monkeypatch: pytest.MonkeyPatch,
 def test_split_stats_table(counts: list[int], mosaic: bool, p99: int, per_sample: int) -> None:
     s = split_stats("train", counts, "x", mosaic)
     assert (s.p99, s.max_per_sample) == (p99, per_sample)
+
+
+@pytest.mark.parametrize(("text", "says"), [
+    ("train: [images/train\nval: x\n", r"is not valid YAML \(line 2, column 4\): "),
+    ("- images/train\n- images/val\n", "holds a list, not a dataset mapping"),
+])
+def test_a_data_yaml_that_is_not_a_dataset_is_one_line_naming_it(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
+        text: str, says: str) -> None:
+    """`yolofit data stats` and the trainer's own check (spec.data) say what is wrong with
+    the file, not a PyYAML traceback."""
+    from yolofit.trainer.config import TrainConfig
+    from yolofit.trainer.errors import DataMissing
+    from yolofit.trainer.trainer import check_inputs
+
+    bad = tmp_path / "data.yaml"
+    bad.write_text(text)
+    monkeypatch.setattr(yolofit.cli, "_COMMAND_MODULES", ("yolofit.estimator.cli",))
+    assert yolofit.cli.main(["data", "stats", str(bad)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and "Traceback" not in err
+    assert re.search(f"^yolofit data: error: DATA: {re.escape(str(bad))} {says}", err), err
+    with pytest.raises(DataMissing, match=f"^dataset {re.escape(str(bad))} {says}.*spec.data"):
+        check_inputs(TrainConfig(model="yolov8n.yaml", data=str(bad), batch_per_gpu=4))

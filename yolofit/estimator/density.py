@@ -113,10 +113,28 @@ def _from_files(images: list[Path]) -> list[int]:
     return counts
 
 
+def load_data_yaml(path: Path) -> dict[str, Any]:
+    """An Ultralytics dataset YAML as a mapping; ValueError naming the file and what is wrong
+    when it is not valid YAML or not a mapping (path, train, val, names)."""
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
+        problem = getattr(exc, "problem", None) or type(exc).__name__
+        raise ValueError(f"{path} is not valid YAML{where}: {problem}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ValueError(f"{path} holds a {type(data).__name__}, not a dataset mapping "
+                         "(path, train, val, names)")
+    return data
+
+
 def dataset_stats(data_yaml: Path | str, mosaic: bool = True) -> list[SplitStats]:
     """Stats of every split the data YAML names (train, val, test when present)."""
     path = Path(data_yaml)
-    data = yaml.safe_load(path.read_text()) or {}
+    data = load_data_yaml(path)
     root = Path(data.get("path") or path.parent)
     if not root.is_absolute():
         root = (path.parent / root).resolve()

@@ -35,7 +35,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
-import yaml
 from torch import nn
 from ultralytics.models.yolo.detect import DetectionTrainer
 
@@ -59,7 +58,12 @@ def _dataset_dirs(data_yaml: Path) -> list[Path]:
     """The train/val directories a dataset YAML names, resolved as Ultralytics resolves them."""
     from ultralytics.utils import DATASETS_DIR
 
-    data = yaml.safe_load(data_yaml.read_text()) or {}
+    from yolofit.estimator.density import load_data_yaml
+
+    try:
+        data = load_data_yaml(data_yaml)
+    except ValueError as exc:
+        raise DataMissing(f"dataset {exc} (spec.data)") from None
     root = Path(data.get("path") or data_yaml.parent)
     if not root.is_absolute() and not root.exists():
         root = DATASETS_DIR / root
