@@ -155,6 +155,16 @@ def test_bad_local_yaml_is_one_line(tmp_path: Path, capsys: pytest.CaptureFixtur
     assert err.startswith("yolofit estimate: error: --model: cannot read")
 
 
+def test_a_file_that_is_no_checkpoint_is_one_line(tmp_path: Path,
+                                                  capsys: pytest.CaptureFixture[str]) -> None:
+    bad = tmp_path / "best.pt"
+    bad.write_bytes(b"not a pickle, not a zip")
+    code, _, err = run(["estimate", "--model", str(bad)], capsys)
+    assert code == 2 and len(err.strip().splitlines()) == 1, err
+    assert err.startswith(f"yolofit estimate: error: --model: cannot load '{bad}' as an "
+                          "Ultralytics checkpoint: ")
+
+
 def test_plan_traces_every_missing_lever_profile(
         only_estimator_commands: Path, monkeypatch: pytest.MonkeyPatch,
         capsys: pytest.CaptureFixture[str]) -> None:

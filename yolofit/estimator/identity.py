@@ -250,7 +250,11 @@ def _resolve_pt(path: Path) -> ModelRef:
         raise UnknownModel(f"model file {str(path)!r} does not exist")
     import torch  # lazy: only the CLI resolves .pt files
 
-    ckpt = torch.load(path, map_location="cpu", weights_only=False)
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as exc:  # noqa: BLE001 - any unpickling failure: not a checkpoint
+        raise UnknownModel(f"cannot load {str(path)!r} as an Ultralytics checkpoint: "
+                           f"{type(exc).__name__}: {str(exc).splitlines()[0][:200]}") from None
     model = (ckpt.get("ema") or ckpt.get("model")) if isinstance(ckpt, dict) else ckpt
     config = dict(getattr(model, "yaml", None) or {})
     if not config:
