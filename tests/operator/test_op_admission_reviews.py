@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 from opfixtures import make_profiles
 
+from yolofit.estimator.identity import resolve_model
 from yolofit.estimator.profile import ProfileStore
 from yolofit.operator import feedback, isolation, launch, pod_rules, policy, ultralytics_args
 from yolofit.operator.api import GPUCapacityPolicySpec, Plan, YOLOTrainingJobSpec
@@ -386,6 +387,37 @@ def test_a_model_path_the_operator_cannot_read_is_a_422(store: ProfileStore,
                                                         tmp_path: Path) -> None:
     unreadable = tmp_path / "custom.yaml"
     unreadable.mkdir()  # reading it raises IsADirectoryError (root ignores permission bits)
-    resp = answer("validate", snapshot(store), job(model=str(unreadable)))
+    snap = snapshot(store, modelDirs=[str(tmp_path)])
+    resp = answer("validate", snap, job(model=str(unreadable)))
     assert resp["allowed"] is False and resp["status"]["code"] == 422
-    assert resp["status"]["message"].startswith("spec"), resp["status"]["message"]
+    message = resp["status"]["message"]  # (inside modelDirs: read, and it is no model)
+    assert message.startswith("spec") and "modelDirs" not in message, message
+
+
+def test_admission_reads_no_model_file_outside_the_policys_model_dirs(
+        store: ProfileStore, tmp_path: Path) -> None:
+    """A tenant names any path in spec.model: outside policy.modelDirs (none by default)
+    the operator neither reads it nor says whether it exists; '..' and symlinks do not lead
+    out; a custom YAML inside is read and planned (here: traced first, as any new model)."""
+    models, elsewhere = tmp_path / "models", tmp_path / "elsewhere"
+    models.mkdir()
+    elsewhere.mkdir()
+    shipped = resolve_model("yolov8n").path
+    assert shipped is not None
+    for d in (models, elsewhere):
+        (d / "custom.yaml").write_text(shipped.read_text())
+    (models / "link.yaml").symlink_to(elsewhere / "custom.yaml")
+    snap = snapshot(store, modelDirs=[str(models)])
+    for model in (elsewhere / "custom.yaml", elsewhere / "none.yaml", models / "link.yaml",
+                  f"{models}/../elsewhere/custom.yaml", "models/custom.yaml"):
+        resp = answer("validate", snap, job(model=str(model)))
+        message = resp["status"]["message"]
+        assert resp["allowed"] is False and message.startswith(
+            f"spec.model: {model} is not a shipped architecture"), message
+        assert f"modelDirs ({models})" in message
+    resp = answer("validate", snapshot(store), job(model=str(elsewhere / "custom.yaml")))
+    assert "modelDirs (none configured)" in resp["status"]["message"]
+    obj = mutated(snap, job(model=str(models / "custom.yaml")))
+    status = answer("validate", snap, obj)
+    assert status["allowed"] is True, status
+    assert "plan" not in obj["spec"]  # no profile of "custom" yet: Profiling, then traced

@@ -152,6 +152,23 @@ def test_two_replicas_coordinate_through_a_kopf_peering(render: Render) -> None:
     assert peering["apiVersion"] == "kopf.dev/v1"
 
 
+def test_model_config_maps_are_mounted_read_only_where_model_dirs_point(render: Render) -> None:
+    """Custom model YAMLs reach admission as ConfigMaps under /etc/yolofit/models/<name>, a
+    directory the GPUCapacityPolicy's modelDirs can name; nothing is mounted by default."""
+    def pod(*args: str) -> dict[str, Any]:
+        return dict(one(render(*args), "Deployment")["spec"]["template"]["spec"])
+
+    spec = pod("--set", "operator.modelConfigMaps={yolo-custom,team-b-models}")
+    (container,) = spec["containers"]
+    mounts = {m["name"]: m for m in container["volumeMounts"]}
+    volumes = {v["name"]: v for v in spec["volumes"]}
+    for name in ("yolo-custom", "team-b-models"):
+        assert mounts[f"models-{name}"] == {"name": f"models-{name}", "readOnly": True,
+                                            "mountPath": f"/etc/yolofit/models/{name}"}
+        assert volumes[f"models-{name}"]["configMap"] == {"name": name}
+    assert not [v for v in pod()["volumes"] if v["name"].startswith("models-")]
+
+
 # --- RBAC ---------------------------------------------------------------------------------
 
 def test_rbac_is_the_operators_own_list_without_webhook_configurations(
@@ -398,7 +415,8 @@ def test_packaged_chart_leaves_out_the_generator(helm: str, tmp_path: Path) -> N
 
 @pytest.mark.parametrize("setting", ["webhook.certificates.mode=selfsigned",
                                      "monitoring.operator.kind=Pod", "replicaCount=0",
-                                     "webhook.timeoutSeconds=60", "profiling.workers=0"])
+                                     "webhook.timeoutSeconds=60", "profiling.workers=0",
+                                     "operator.modelConfigMaps={Bad_Name}"])
 def test_values_schema_refuses_a_bad_choice_by_name(helm: str, setting: str) -> None:
     result = subprocess.run([helm, "template", "x", str(CHART), "--set", setting],
                             capture_output=True, text=True, check=False)

@@ -163,6 +163,10 @@ def _find_yaml(model: str) -> Path | None:
     path = Path(model)
     if path.is_file():
         return path
+    return _shipped_yaml(path)
+
+
+def _shipped_yaml(path: Path) -> Path | None:
     index = shipped_yaml_index()
     if path.name in index:
         return index[path.name]

@@ -7,6 +7,7 @@ missing profile comes back as `Decision.missing` and the job is admitted as Prof
 
 from __future__ import annotations
 
+import os
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -146,6 +147,28 @@ def name_errors(name: str) -> list[str]:
     return errors
 
 
+def model_path_error(spec: YOLOTrainingJobSpec, policy: GPUCapacityPolicySpec) -> str | None:
+    """One line when spec.model is a path admission may not read: a tenant names any path,
+    and the operator's own filesystem is not theirs to probe or to have parsed. A model
+    name (yolo11m, yolo11s-seg.yaml: the shipped YAMLs) and a checkpoint (planned from the
+    architecture its name implies, read only by the job's pods) are fine; a custom YAML
+    must lie under policy.modelDirs (symlinks and '..' resolved)."""
+    model = spec.model
+    if weights.is_checkpoint(model) or "/" not in model:
+        return None
+    if model.startswith("/"):
+        real = os.path.realpath(model)
+        for d in policy.model_dirs:
+            top = os.path.realpath(d).rstrip("/") + "/"
+            if real.startswith(top):
+                return None
+    where = ", ".join(policy.model_dirs) or "none configured"
+    return (f"spec.model: {model} is not a shipped architecture (e.g. yolo11m, "
+            f"yolo11s-seg), and admission reads custom model YAMLs only from the policy's "
+            f"modelDirs ({where}); name a shipped architecture, or have the platform team put "
+            f"the YAML under one of them (the same path in the operator and the job's pods)")
+
+
 def static_errors(name: str, namespace: str, spec: YOLOTrainingJobSpec,
                   policy: GPUCapacityPolicySpec, classes: Mapping[str, ClassInfo]) -> list[str]:
     """Everything that can be refused without a profile."""
@@ -204,7 +227,8 @@ def decide(name: str, namespace: str, spec: YOLOTrainingJobSpec, policy: GPUCapa
            margins: Mapping[str, float] | None = None,
            batch_per_gpu: int | None = None) -> Decision:
     """Plan the job, or say why not. `batch_per_gpu` pins the batch (OOM re-plans)."""
-    errors = static_errors(name, namespace, spec, policy, classes)
+    unreadable = model_path_error(spec, policy)  # first: the checks below resolve spec.model
+    errors = [unreadable] if unreadable else static_errors(name, namespace, spec, policy, classes)
     if errors:
         return Decision(errors=tuple(errors))
     margins = margins or {}

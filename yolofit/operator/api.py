@@ -8,7 +8,7 @@ the wire (aliases) and snake_case in Python.
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 from pydantic.alias_generators import to_camel
@@ -495,6 +495,12 @@ class GPUCapacityPolicySpec(Model):
         "smallest-first tries the smallest slice that fits before whole GPUs, "
         "after-whole-gpus only when no whole GPU fits, off never. Multi-rank jobs never get "
         "a slice.")
+    model_dirs: list[Annotated[str, Field(pattern=r"^/", min_length=2, max_length=1024)]] = \
+        Field(default_factory=list, max_length=32, description="Directories of custom model "
+              "YAMLs jobs may name in spec.model (absolute paths in the operator's pod; mount "
+              "the same files at the same path into the jobs' pods). Admission reads no other "
+              "file a job names: spec.model is a shipped architecture (yolo11m, "
+              "yolo11s-seg.yaml), a checkpoint named like one, or a YAML under one of these.")
     default_objects_per_image: int = Field(100, ge=1, description="Objects per image assumed "
                                            "when a job gives no maxObjectsPerImage.")
     default_mean_objects_per_image: int = Field(
