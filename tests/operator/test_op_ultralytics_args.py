@@ -19,6 +19,10 @@ def test_cached_argument_names_match_the_installed_ultralytics() -> None:
     ({"batch": 16}, ["spec.args.batch: set by spec.plan (batch per GPU x GPUs), not by extra "
                      "arguments"]),
     ({"zzzzzz": 1}, ["spec.args.zzzzzz: 'zzzzzz' is not an Ultralytics train argument"]),
+    ({"cfg": "/data/args.yaml"}, ["spec.args.cfg: set by the entries of spec.args (yolofit "
+                                  "reads no arguments file: copy its arguments here), not by "
+                                  "extra arguments"]),
+    ({"task": "segment"}, ["spec.args.task: set by spec.task, not by extra arguments"]),
 ])
 def test_validate(args: dict[str, object], expected: list[str]) -> None:
     assert ultralytics_args.validate(args) == expected

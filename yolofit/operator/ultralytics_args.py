@@ -23,9 +23,13 @@ RESERVED: dict[str, str] = {
     "batch": "spec.plan (batch per GPU x GPUs)", "imgsz": "spec.imgsz / spec.plan",
     "amp": "spec.amp / spec.plan", "nbs": "spec.nbs", "optimizer": "spec.optimizer",
     "device": "the launcher (one rank per GPU)", "project": "spec.outputDir",
-    "name": "the job name", "mode": "yolofit train", "task": "yolofit train (detect)",
+    "name": "the job name", "mode": "yolofit train", "task": "spec.task",
     "resume": "the trainer", "workers": "the trainer (from spec.resources.cpu)",
     "pretrained": "spec.weights",
+    # `yolo train cfg=args.yaml` loads a file of arguments; yolofit's trainer passes its
+    # arguments whole and would silently ignore the file
+    "cfg": "the entries of spec.args (yolofit reads no arguments file: copy its arguments "
+           "here)",
 }
 
 
