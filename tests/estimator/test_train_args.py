@@ -26,6 +26,11 @@ def test_memory_imgsz(imgsz: int, ms: float, want: int) -> None:
     ({"compile": True}, True, 0.0, True, None),
     ({"cache": "ram"}, True, 0.0, False, "host memory"),
     ({"freeze": 10}, True, 0.0, False, "upper bound"),
+    ({"mask_ratio": 4, "overlap_mask": True}, True, 0.0, False, None),
+    ({"mask_ratio": 1}, True, 0.0, True, None),
+    ({"mask_ratio": 8}, True, 0.0, False, "planned at 4"),
+    ({"mask_ratio": "4"}, True, 0.0, True, None),
+    ({"overlap_mask": False}, True, 0.0, True, None),
 ])
 def test_memory_effects(args: dict, mosaic: bool, ms: float, refused: bool,  # type: ignore[type-arg]
                         note: str | None) -> None:
@@ -34,6 +39,18 @@ def test_memory_effects(args: dict, mosaic: bool, ms: float, refused: bool,  # t
     assert all(r.startswith("spec.args.") and "\n" not in r for r in e.refusals)
     if note:
         assert any(note in n for n in e.notes)
+
+
+def test_mask_arguments_matter_to_segment_jobs_only() -> None:
+    """Profiles trace segment masks at mask_ratio 4, one index map per image (Ultralytics'
+    defaults): a job that asks for larger or per-object masks is refused with the factor;
+    other tasks ignore both arguments, as Ultralytics does."""
+    (refusal,) = memory_effects({"mask_ratio": 2}, task="segment").refusals
+    assert refusal.startswith("spec.args.mask_ratio: 2 makes the segment loss's masks 4x "
+                              "larger"), refusal
+    for task in ("detect", "pose", "obb", "classify"):
+        assert memory_effects({"mask_ratio": 1, "overlap_mask": False}, task=task) == \
+            memory_effects({})
 
 
 def test_multi_scale_plans_at_the_largest_size_and_keeps_imgsz() -> None:

@@ -203,6 +203,10 @@ def test_queued_job_spec_change_gets_a_fresh_plan(store: ProfileStore) -> None:
     (job(volumes=[{"name": "p", "persistentVolumeClaim": {"claimName": "data"}}]), None),
     (job(args={f"k{i}": i for i in range(50_000)}),
      "spec.args: 50000 arguments; at most 200"),
+    (job(model="yolo11n-seg", args={"mask_ratio": 1}), "spec.args.mask_ratio: 1 makes the "
+     "segment loss's masks 16x larger than yolofit's profiles are traced at"),
+    (job(model="yolo11n-seg", args={"overlap_mask": False}), "spec.args.overlap_mask: false"),
+    (job(args={"mask_ratio": 1}), None),  # detection: Ultralytics ignores it
     (job(model="/data/runs/best.pt"), "spec.model: best.pt names no architecture; set "
      "spec.model to the architecture (e.g. yolo11m) and spec.weights: /data/runs/best.pt"),
     (job(weights="/data/runs/best.pt"), "spec.weights: /data/runs/best.pt is not under any "

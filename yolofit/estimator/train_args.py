@@ -11,6 +11,9 @@
   the pod's memory request must hold the decoded training set (said in the notes).
 - compile: torch.compile (inductor) fuses kernels and changes which activations are saved;
   an eager trace cannot estimate it: refused, with the reason.
+- mask_ratio, overlap_mask (segment): profiles are traced at Ultralytics' defaults (masks at
+  imgsz/4, one map of object indices per image). A smaller ratio (masks up to 16x larger)
+  or one mask per object is refused; a larger ratio is planned at 4 (an upper bound).
 Pure: no torch.
 """
 
@@ -44,11 +47,14 @@ def _truthy(value: Any) -> bool:
     return value not in (None, False, 0, 0.0, "", "False", "false", "0")
 
 
-def memory_effects(args: Mapping[str, Any], field_prefix: str = "spec.args") -> MemoryEffects:
+def memory_effects(args: Mapping[str, Any], field_prefix: str = "spec.args",
+                   task: str | None = None) -> MemoryEffects:
     """What the arguments do to the plan (see the module docstring), with one-line notes
-    and refusals naming the argument."""
+    and refusals naming the argument (`task`: the job's, None when unknown)."""
     notes: list[str] = []
     refusals: list[str] = []
+    if task in (None, "segment"):
+        _mask_effects(args, field_prefix, notes, refusals)
     ms = args.get("multi_scale", 0.0)
     if isinstance(ms, bool):
         ms = 0.5 if ms else 0.0  # older Ultralytics: a bool meaning +-50 %
@@ -75,3 +81,26 @@ def memory_effects(args: Mapping[str, Any], field_prefix: str = "spec.args") -> 
         refusals.append(f"{field_prefix}.compile: torch.compile changes what the step keeps "
                         "in memory and cannot be estimated from an eager trace; remove it")
     return MemoryEffects(multi_scale, mosaic, tuple(notes), tuple(refusals))
+
+
+TRACED_MASK_RATIO = 4  # Ultralytics' default (cfg/default.yaml), what profiles are traced at
+
+
+def _mask_effects(args: Mapping[str, Any], field_prefix: str, notes: list[str],
+                  refusals: list[str]) -> None:
+    ratio = args.get("mask_ratio", TRACED_MASK_RATIO)
+    if isinstance(ratio, bool) or not isinstance(ratio, int) or ratio < 1:
+        refusals.append(f"{field_prefix}.mask_ratio: expected a whole number like 4, got "
+                        f"{ratio!r}")
+    elif ratio < TRACED_MASK_RATIO:
+        refusals.append(f"{field_prefix}.mask_ratio: {ratio} makes the segment loss's masks "
+                        f"{(TRACED_MASK_RATIO / ratio) ** 2:.3g}x larger than yolofit's profiles "
+                        f"are traced at ({TRACED_MASK_RATIO}, Ultralytics' default); use "
+                        f"{TRACED_MASK_RATIO} or more")
+    elif ratio > TRACED_MASK_RATIO:
+        notes.append(f"mask_ratio {ratio}: planned at {TRACED_MASK_RATIO} (an upper bound)")
+    if "overlap_mask" in args and not _truthy(args["overlap_mask"]):
+        refusals.append(f"{field_prefix}.overlap_mask: false gives every object a mask of its "
+                        "own (a batch holds objects x masks, not images x masks), which "
+                        "yolofit's profiles do not trace; remove it (Ultralytics' default is "
+                        "true)")

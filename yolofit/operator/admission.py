@@ -60,7 +60,7 @@ def label_density(spec: YOLOTrainingJobSpec, policy: GPUCapacityPolicySpec
 def plan_request(spec: YOLOTrainingJobSpec, policy: GPUCapacityPolicySpec,
                  batch_per_gpu: int | None = None) -> planner.PlanRequest:
     levers = policy.levers
-    effects = memory_effects(spec.args)
+    effects = memory_effects(spec.args, task=job_task(spec))
     densest, mean = label_density(spec, policy)
     return planner.PlanRequest(
         mosaic=effects.mosaic, multi_scale=effects.multi_scale,
@@ -178,7 +178,7 @@ def static_errors(name: str, namespace: str, spec: YOLOTrainingJobSpec,
     errors += weights.errors(spec)
     if (wrong_task := task_error(spec)) is not None:
         errors.append(wrong_task)
-    errors += memory_effects(spec.args).refusals
+    errors += memory_effects(spec.args, task=job_task(spec)).refusals
     if (wrong_mean := mean_error(spec)) is not None:
         errors.append(wrong_mean)
     gpus = spec.gpus.nodes * spec.gpus.per_node
