@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from typing import Any
 
@@ -197,6 +198,32 @@ def test_summarize(pods: list[PodView], phase: str, reason: str, oom: bool) -> N
     assert (out.phase, out.reason, out.oom) == (phase, reason, oom)
 
 
+def test_a_failed_rank_waits_for_its_running_peers_before_the_job_fails() -> None:
+    """Rank 0 dies of a collective's "Connection closed by peer" because rank 1 ran out of
+    GPU memory, and the kubelets report rank 0 first: the job is not failed for rank 0's
+    error while rank 1 may yet report (PEER_SETTLE_SECONDS from rank 0's finish); rank 1's
+    OOM then re-plans it. A rank that never reports does not hold the job longer, and one
+    that failed on its own fails the job at once."""
+    peer = "RuntimeError: Connection closed by peer"
+    first = dataclasses.replace(view(0, "Failed", 1, peer), finished_at=1000.0)
+    out = summarize([first, view(1, "Running")], PLAN, now=1010.0)
+    assert (out.phase, out.reason, out.oom, out.recheck) == ("Running", "RankFailed", False,
+                                                             20.0)
+    assert out.message.startswith("j-worker-0 exited with code 1") and "30s" in out.message
+    out = summarize([first, view(1, "Failed", 88)], PLAN, now=1011.0)
+    assert (out.phase, out.reason, out.oom) == ("Failed", "OutOfMemory", True)
+    out = summarize([first, view(1, "Running")], PLAN, now=1031.0)  # the window passed
+    assert (out.phase, out.reason, out.recheck) == ("Failed", "TrainerFailed", None)
+    out = summarize([first, view(1, "Failed", 1, peer)], PLAN, now=1001.0)  # all reported
+    assert (out.phase, out.reason) == ("Failed", "TrainerFailed")
+    out = summarize([view(0, "Failed", 1, peer), view(1, "Running")], PLAN, now=1001.0)
+    assert out.phase == "Failed"  # no finish time known: decided at once, as before
+    own = dataclasses.replace(view(0, "Failed", 1, summary(0, 0, "error", "loss is NaN")),
+                              finished_at=1000.0)
+    out = summarize([own, view(1, "Running")], PLAN, now=1001.0)  # its own error: at once
+    assert (out.phase, out.reason) == ("Failed", "TrainerFailed")
+
+
 def test_failed_message_carries_the_trainer_message() -> None:
     out = summarize([view(0, "Failed", 2, summary(0, 0, "data-missing", "no /d.yaml"))], PLAN)
     assert "no /d.yaml" in out.message and "exited with code 2" in out.message
@@ -207,9 +234,10 @@ def test_pod_view_reads_termination_and_gates() -> None:
                                                          "yolofit.io/attempt": "2"}},
            "spec": {"schedulingGates": [{"name": "yolofit.io/gang"}]},
            "status": {"phase": "Failed", "containerStatuses": [{"state": {"terminated": {
-               "exitCode": 88, "message": "{}"}}}]}}
+               "exitCode": 88, "message": "{}", "finishedAt": "2026-12-02T04:10:01Z"}}}]}}
     v = pod_view(pod)
     assert (v.rank, v.attempt, v.gated, v.exit_code, v.message) == (1, 2, True, 88, "{}")
+    assert v.finished_at == 1796184601.0
 
 
 def test_condition_transition_time_moves_only_on_status_change() -> None:

@@ -46,9 +46,10 @@ def _run(kube: Any, ns: str, attempt: int, workdir: Path, **env: str) -> list[in
     local = start_pods(bodies, workdir, extra_env={"YOLOFIT_DEVICE": "cpu", **env},
                        config_patch={"ddp_timeout_seconds": 30})
     codes = wait_pods(local, timeout=600)
-    # The rank that failed first is reported first (its peer's error follows from it); the
-    # other order races the operator into TrainerFailed (failure policy's concern).
-    report_to_pods(kube, ns, sorted(local, key=lambda p: p.proc.returncode != 88))
+    # The OOM rank's peer is reported first (its "Connection closed by peer" follows from
+    # the OOM): the operator waits for the other rank's reason (status.PEER_SETTLE_SECONDS)
+    # instead of failing the job for the peer's error. (kwok may still reorder the two.)
+    report_to_pods(kube, ns, sorted(local, key=lambda p: p.proc.returncode == 88))
     print("\n".join(log_tail(p, 5) for p in local))
     return codes
 

@@ -72,7 +72,8 @@ class Decision:
 NOTHING = Decision("none")
 
 
-def _epoch(ts: str | None) -> float | None:
+def epoch(ts: str | None) -> float | None:
+    """Seconds since the epoch of a Kubernetes RFC 3339 time; None when absent or bad."""
     if not ts:
         return None
     try:
@@ -111,7 +112,7 @@ def pod_facts(pod: Mapping[str, Any]) -> PodFacts:
         "reason") == "Unschedulable"
     if unschedulable and not disruption:
         detail = scheduled.get("message") or detail
-    since = _epoch(scheduled.get("lastTransitionTime")) if unschedulable else None
+    since = epoch(scheduled.get("lastTransitionTime")) if unschedulable else None
     return PodFacts(
         name=meta.get("name", ""), rank=int(labels.get(RANK_LABEL, 0)),
         attempt=int(labels.get(ATTEMPT_LABEL, 0)), phase=st.get("phase", "Pending"),
@@ -120,7 +121,7 @@ def pod_facts(pod: Mapping[str, Any]) -> PodFacts:
             "Running", "Succeeded"),
         exit_code=exit_code, exit_reason=exit_reason, disruption=disruption, waiting=waiting,
         detail=detail, unschedulable=unschedulable,
-        since=since if since is not None else _epoch(meta.get("creationTimestamp")))
+        since=since if since is not None else epoch(meta.get("creationTimestamp")))
 
 
 def _disrupted(p: PodFacts) -> str:
@@ -149,7 +150,7 @@ def relaunch_wait(restarts: Sequence[Restart], attempt: int, policy: FailurePoli
     began with a restart waits, for the restart backoff."""
     if not restarts or restarts[-1].attempt != attempt:
         return 0.0
-    at = _epoch(restarts[-1].time)
+    at = epoch(restarts[-1].time)
     if at is None:
         return 0.0
     return max(at + restart_backoff(len(restarts), policy) - now, 0.0)

@@ -168,13 +168,16 @@ class Reconciler(FailureActions, ReplanActions):
         if outcome.oom:
             await self._oom(key, body, job, plan, st, outcome.ranks, gen)
             return
+        if outcome.recheck is not None:  # a failed rank's peers may yet report an OOM
+            self._wake_later(key, outcome.recheck + 0.5)
         await self._settle(key, body, job, plan, st, outcome, gen, t)
 
     async def _settle(self, key: Key, body: dict[str, Any], job: YOLOTrainingJob, plan: Plan,
                       st: YOLOTrainingJobStatus, outcome: PodsOutcome, gen: int, t: str) -> None:
         """The job's phase and conditions from its pods' outcome (no OOM)."""
         st.phase, st.message = outcome.phase, outcome.message  # type: ignore[assignment]
-        ready = "True" if outcome.phase in ("Running", "Succeeded") else "False"
+        ready = "True" if outcome.phase in ("Running", "Succeeded") and \
+            outcome.recheck is None else "False"
         st.conditions = set_condition(st.conditions, "PodsReady", ready, outcome.reason,
                                       outcome.message, gen, t)
         if outcome.phase in TERMINAL_PHASES:

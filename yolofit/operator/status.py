@@ -8,12 +8,15 @@ kept while the status does not change, and `observedGeneration`.
 
 from __future__ import annotations
 
+import re
+import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
 from yolofit.operator import feedback
 from yolofit.operator.api import Condition, Plan, RankMeasurement
+from yolofit.operator.failure_policy import epoch
 from yolofit.operator.launch import ATTEMPT_LABEL, GANG_GATE, RANK_LABEL, waiting_message
 
 
@@ -33,6 +36,7 @@ class PodView:
     unschedulable: str = ""  # the scheduler's message while it cannot place the pod
     owner_uid: str = ""  # UID of the pod's controller ownerReference
     uid: str = ""  # the pod's own UID: deletes carry it, so a newer pod of the name is spared
+    finished_at: float | None = None  # when its container terminated (epoch seconds)
 
 
 def controller_uid(meta: Mapping[str, Any]) -> str:
@@ -52,13 +56,14 @@ def _label_int(labels: Mapping[str, Any], key: str) -> int:
 def pod_view(pod: Mapping[str, Any]) -> PodView:
     meta, spec, st = pod.get("metadata", {}), pod.get("spec", {}), pod.get("status") or {}
     labels = meta.get("labels") or {}
-    exit_code, message = None, ""
+    exit_code, message, finished_at = None, "", None
     for cs in st.get("containerStatuses") or []:
         term = (cs.get("state") or {}).get("terminated") or (
             cs.get("lastState") or {}).get("terminated")
         if term:
             exit_code = term.get("exitCode")
             message = term.get("message") or ""
+            finished_at = epoch(term.get("finishedAt"))
     gates = [g.get("name") for g in spec.get("schedulingGates") or []]
     unschedulable = next((c.get("message") or c.get("reason", "") for c in
                           st.get("conditions") or [] if c.get("type") == "PodScheduled"
@@ -70,7 +75,8 @@ def pod_view(pod: Mapping[str, Any]) -> PodView:
                    exit_code=exit_code, message=message,
                    deleting=bool(meta.get("deletionTimestamp")),
                    unschedulable=unschedulable if not spec.get("nodeName") else "",
-                   owner_uid=controller_uid(meta), uid=str(meta.get("uid", "")))
+                   owner_uid=controller_uid(meta), uid=str(meta.get("uid", "")),
+                   finished_at=finished_at)
 
 
 def set_condition(conditions: list[Condition], type_: str, status: str, reason: str,
@@ -102,6 +108,7 @@ class PodsOutcome:
     ranks: list[RankMeasurement]
     reports: list[feedback.PodReport] = field(default_factory=list)  # trusted summaries
     dropped: list[str] = field(default_factory=list)  # why summaries were not counted
+    recheck: float | None = None  # look again in (s): a failed rank's peers may yet report
 
 
 def read_reports(pods: Iterable[PodView], trust: feedback.Trust | None
@@ -130,14 +137,25 @@ def read_reports(pods: Iterable[PodView], trust: feedback.Trust | None
     return kept, reports, dropped
 
 
-def summarize(pods: Iterable[PodView], plan: Plan,
-              trust: feedback.Trust | None = None) -> PodsOutcome:
+def summarize(pods: Iterable[PodView], plan: Plan, trust: feedback.Trust | None = None,
+              now: float | None = None) -> PodsOutcome:
     """The attempt's outcome. With `trust`, only pods the job controls count, and only their
     summaries that pass feedback.screen."""
     pods, reports, dropped = read_reports(sorted(pods, key=lambda p: p.rank), trust)
     ranks = sorted((r for rep in reports for r in rep.ranks), key=lambda r: r.rank)
-    outcome = _outcome(pods, plan, reports, ranks)
+    outcome = _outcome(pods, plan, reports, ranks, time.time() if now is None else now)
     return replace(outcome, reports=reports, dropped=dropped)
+
+
+# A rank that runs out of GPU memory (or fails otherwise) takes its peers down with it: their
+# collectives fail with a lost connection, and the kubelets report the pods in any order. A
+# job whose failed ranks all died of a lost peer waits this long after the first of them
+# finished for the ranks still running to say why, before it fails (an OOM among them
+# re-plans the job instead). A rank that failed on its own (loss is NaN) fails it at once.
+PEER_SETTLE_SECONDS = 30.0
+PEER_LOST = re.compile(r"closed by peer|reset by peer|Broken pipe|DistBackendError|"
+                       r"DistNetworkError|DistStoreError|NCCL|ProcessGroup|gloo|"
+                       r"collective operation timeout", re.IGNORECASE)
 
 
 # A failed pod's condition reason by its summary's exit reason. data-denser and
@@ -147,7 +165,7 @@ _FAILED_REASONS = {"data-missing": "DataMissing", "data-denser": "DataDenser",
 
 
 def _outcome(pods: list[PodView], plan: Plan, reports: list[feedback.PodReport],
-             ranks: list[RankMeasurement]) -> PodsOutcome:
+             ranks: list[RankMeasurement], now: float) -> PodsOutcome:
     by_pod = {rep.pod: rep for rep in reports}
     failed = [p for p in pods if p.phase == "Failed"]
     if failed:
@@ -164,6 +182,12 @@ def _outcome(pods: list[PodView], plan: Plan, reports: list[feedback.PodReport],
         if p.exit_code == feedback.BAD_INPUT_EXIT_CODE:
             reason = "DataMissing"
         text = f"{p.name} exited with code {p.exit_code}" + (f": {detail}" if detail else "")
+        wait = _peer_wait(pods, failed, by_pod, now)
+        if wait:
+            return PodsOutcome("Running", "RankFailed", f"{text}; the other ranks have "
+                               f"{PEER_SETTLE_SECONDS:.0f}s from it to report (a rank that "
+                               f"runs out of GPU memory fails its peers too)", False, ranks,
+                               recheck=wait)
         return PodsOutcome("Failed", reason, text, False, ranks)
     expected = plan.nodes
     if len(pods) == expected and all(p.phase == "Succeeded" for p in pods):
@@ -178,3 +202,19 @@ def _outcome(pods: list[PodView], plan: Plan, reports: list[feedback.PodReport],
         return PodsOutcome("Admitted", "Unschedulable", f"{stuck[0].name} is unschedulable: "
                            f"{stuck[0].unschedulable}", False, ranks)
     return PodsOutcome("Admitted", "WaitingForPods", waiting_message(plan), False, ranks)
+
+
+def _peer_wait(pods: list[PodView], failed: list[PodView],
+               by_pod: Mapping[str, feedback.PodReport], now: float) -> float:
+    """Seconds left to wait for ranks still running after `failed`, which all lost a peer
+    (0: decide now)."""
+    if not any(p.phase in ("Pending", "Running") and not p.deleting for p in pods):
+        return 0.0
+    for p in failed:
+        report = by_pod.get(p.name)
+        if not PEER_LOST.search(report.message if report else p.message):
+            return 0.0
+    first = min((p.finished_at for p in failed if p.finished_at is not None), default=None)
+    if first is None:
+        return 0.0
+    return min(max(PEER_SETTLE_SECONDS - (now - first), 0.0), PEER_SETTLE_SECONDS)
