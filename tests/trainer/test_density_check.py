@@ -96,3 +96,32 @@ def test_a_denser_mean_stops_before_the_first_step(dense: Path, tmp_path: Path) 
     inputs = replan.found([report], before, None, 0, "T")
     assert inputs is not None
     assert (inputs.objects_per_image, inputs.mean_objects_per_image) == (None, 5)
+
+
+def _rank(rank: int, store: str, data: str, out: str) -> None:
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=2)
+    try:
+        # rank 1 is given a path it cannot read: only rank 0 reads the labels
+        cfg = _cfg(Path(data if rank == 0 else "/nonexistent/data.yaml"), 5, None)
+        try:
+            check_density(cfg, "detect", rank, 2)
+            result = "passed"
+        except DataDenser as exc:
+            result = f"denser {exc.objects_per_image} {exc.mean_objects_per_image}"
+        Path(out, f"rank{rank}").write_text(result)
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.slow
+def test_rank_0_reads_the_labels_and_every_rank_decides_from_its_figures(
+        dense: Path, tmp_path: Path) -> None:
+    """A gang reads its labels once (rank 0), not once per rank: rank 1, which could not
+    read them itself, stops with rank 0's figures (data-denser, 12 and mean 5)."""
+    import torch.multiprocessing as mp
+
+    mp.spawn(_rank, args=(str(tmp_path / "store"), str(dense), str(tmp_path)), nprocs=2,
+             join=True)
+    assert [(tmp_path / f"rank{r}").read_text() for r in (0, 1)] == ["denser 12 5"] * 2

@@ -150,32 +150,63 @@ def check_inputs(cfg: TrainConfig) -> None:
         ) from None
 
 
-def check_density(cfg: TrainConfig, task: str) -> int | None:
+def check_density(cfg: TrainConfig, task: str, rank: int = 0,
+                  world_size: int = 1) -> int | None:
     """The densest training image's object count (label cache or files, as `yolofit data
     stats` reads them); DataDenser when it, or the training split's mean objects per image,
     exceeds what the plan assumed (the error carries both measured figures, the mean rounded
     up, so one re-plan takes both). None for classification (no objects) or a plan that
-    assumed nothing."""
+    assumed nothing. Rank 0 reads the labels and every rank decides from its figures
+    (collective: every rank calls it), so a job reads them once, not once per rank."""
     if task == "classify" or cfg.objects_per_image is None:
         return None
-    from yolofit.estimator.density import dataset_stats
-
-    train = next((s for s in dataset_stats(cfg.data) if s.split == "train"), None)
+    train = _train_density(cfg, rank, world_size)
     if train is None:
         return None
-    mean = math.ceil(train.mean)
-    if train.max > cfg.objects_per_image:
+    most, exact_mean, source = train["max"], train["mean"], train["source"]
+    mean = math.ceil(exact_mean)
+    if most > cfg.objects_per_image:
         raise DataDenser(
-            f"data: the densest training image holds {train.max} objects, the plan assumed "
+            f"data: the densest training image holds {most} objects, the plan assumed "
             f"at most {cfg.objects_per_image} per image (spec.maxObjectsPerImage); re-plan "
-            f"with {train.max} ({train.source})", train.max, mean)
+            f"with {most} ({source})", most, mean)
     assumed_mean = cfg.mean_objects_per_image
-    if assumed_mean is not None and train.mean > assumed_mean:
+    if assumed_mean is not None and exact_mean > assumed_mean:
         raise DataDenser(
-            f"data: the training images hold {train.mean:.2f} objects on average, the plan "
+            f"data: the training images hold {exact_mean:.2f} objects on average, the plan "
             f"assumed {assumed_mean} (spec.meanObjectsPerImage); re-plan with {mean} "
-            f"({train.source})", train.max, mean)
-    return train.max
+            f"({source})", most, mean)
+    return int(most)
+
+
+def _train_density(cfg: TrainConfig, rank: int, world_size: int) -> dict[str, Any] | None:
+    """Rank 0's figures of the training split ({max, mean, source}; None: no train split),
+    on every rank. A failure to read them on rank 0 reaches the other ranks too (as
+    DataMissing), instead of leaving them waiting in the broadcast."""
+    from yolofit.estimator.density import dataset_stats
+
+    payload: list[Any] = [None]
+    if rank == 0:
+        try:
+            train = next((s for s in dataset_stats(cfg.data) if s.split == "train"), None)
+        except Exception as exc:
+            if world_size > 1:
+                _broadcast([{"error": f"{type(exc).__name__}: {exc}"}])
+            raise
+        if train is not None:
+            payload = [{"max": train.max, "mean": train.mean, "source": train.source}]
+    if world_size > 1:
+        _broadcast(payload)
+    found = payload[0]
+    if isinstance(found, dict) and "error" in found:
+        raise DataMissing(f"data: rank 0 could not read the training labels ({found['error']})")
+    return found if isinstance(found, dict) else None
+
+
+def _broadcast(payload: list[Any]) -> None:
+    import torch.distributed as dist
+
+    dist.broadcast_object_list(payload, src=0)
 
 
 def check_bf16_support() -> None:
@@ -535,7 +566,7 @@ def train(
         overrides = {**ultralytics_overrides(cfg, topo, device, point.path if point else None),
                      "task": model_task(cfg)}
         try:
-            check_density(cfg, overrides["task"])
+            check_density(cfg, overrides["task"], topo.rank, topo.world_size)
         except DataDenser as exc:
             summary.objects_per_image = exc.objects_per_image
             summary.objects_per_image_mean = exc.mean_objects_per_image
