@@ -399,7 +399,7 @@ def test_a_model_path_the_operator_cannot_read_is_a_422(store: ProfileStore,
 
 
 def test_admission_reads_no_model_file_outside_the_policys_model_dirs(
-        store: ProfileStore, tmp_path: Path) -> None:
+        store: ProfileStore, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A tenant names any path in spec.model: outside policy.modelDirs (none by default)
     the operator neither reads it nor says whether it exists; '..' and symlinks do not lead
     out; a custom YAML inside is read and planned (here: traced first, as any new model)."""
@@ -421,6 +421,10 @@ def test_admission_reads_no_model_file_outside_the_policys_model_dirs(
         assert f"modelDirs ({models})" in message
     resp = answer("validate", snapshot(store), job(model=str(elsewhere / "custom.yaml")))
     assert "modelDirs (none configured)" in resp["status"]["message"]
+    monkeypatch.chdir(elsewhere)  # a bare name is no file of the operator's working directory
+    message = answer("validate", snap, job(model="custom.yaml"))["status"]["message"]
+    assert message.startswith("spec: unknown model 'custom.yaml': not a shipped "
+                              "architecture") and f"modelDirs ({models})" in message, message
     obj = mutated(snap, job(model=str(models / "custom.yaml")))
     status = answer("validate", snap, obj)
     assert status["allowed"] is True, status

@@ -166,6 +166,18 @@ def _find_yaml(model: str) -> Path | None:
     return _shipped_yaml(path)
 
 
+def is_shipped_name(model: str) -> bool:
+    """`model` is a name (no directory) of a shipped architecture, e.g. yolo11m,
+    yolov8s.yaml or yolo11s-pose-kpt5x3; decided from the shipped index alone, without
+    looking for a file of that name."""
+    kpt = re.fullmatch(r"(.+-pose)-kpt\d+x\d+(\.ya?ml)?", model)
+    if kpt:
+        model = kpt.group(1) + (kpt.group(2) or "")
+    if "/" in model or model.endswith(".pt"):
+        return False
+    return _shipped_yaml(Path(_normalise(model))) is not None
+
+
 def _shipped_yaml(path: Path) -> Path | None:
     index = shipped_yaml_index()
     if path.name in index:

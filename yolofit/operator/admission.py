@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from yolofit.estimator import planner
-from yolofit.estimator.identity import default_imgsz, model_task
+from yolofit.estimator.identity import default_imgsz, is_shipped_name, model_task
 from yolofit.estimator.profile import ProfileKey, ProfileMissing, ProfileStore
 from yolofit.estimator.train_args import memory_effects
 from yolofit.operator import pod_rules, pod_spec_checks, ultralytics_args, weights
@@ -148,14 +148,18 @@ def name_errors(name: str) -> list[str]:
 
 
 def model_path_error(spec: YOLOTrainingJobSpec, policy: GPUCapacityPolicySpec) -> str | None:
-    """One line when spec.model is a path admission may not read: a tenant names any path,
-    and the operator's own filesystem is not theirs to probe or to have parsed. A model
-    name (yolo11m, yolo11s-seg.yaml: the shipped YAMLs) and a checkpoint (planned from the
-    architecture its name implies, read only by the job's pods) are fine; a custom YAML
-    must lie under policy.modelDirs (symlinks and '..' resolved)."""
+    """One line when spec.model names a file admission may not read: a tenant names any
+    path, and the operator's own filesystem is not theirs to probe or to have parsed. A
+    shipped architecture's name (yolo11m, yolo11s-seg.yaml) and a checkpoint (planned from
+    the architecture its name implies, read only by the job's pods) are fine; a custom YAML
+    must be an absolute path under policy.modelDirs (symlinks and '..' resolved)."""
     model = spec.model
-    if weights.is_checkpoint(model) or "/" not in model:
+    if weights.is_checkpoint(model) or is_shipped_name(model):
         return None
+    if "/" not in model:  # not looked up as a file in the operator's working directory
+        return (f"spec: unknown model {model!r}: not a shipped architecture (e.g. yolo11m, "
+                f"yolo11s-seg, yolov8x.yaml); a custom model YAML is an absolute path under "
+                f"the policy's modelDirs ({', '.join(policy.model_dirs) or 'none configured'})")
     if model.startswith("/"):
         real = os.path.realpath(model)
         for d in policy.model_dirs:
