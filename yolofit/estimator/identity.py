@@ -170,9 +170,9 @@ def is_shipped_name(model: str) -> bool:
     """`model` is a name (no directory) of a shipped architecture, e.g. yolo11m,
     yolov8s.yaml or yolo11s-pose-kpt5x3; decided from the shipped index alone, without
     looking for a file of that name."""
-    kpt = re.fullmatch(r"(.+-pose)-kpt\d+x\d+(\.ya?ml)?", model)
+    kpt = _KPT_NAME.fullmatch(model)
     if kpt:
-        model = kpt.group(1) + (kpt.group(2) or "")
+        model = kpt.group(1) + (kpt.group(4) or "")
     if "/" in model or model.endswith(".pt"):
         return False
     return _shipped_yaml(Path(_normalise(model))) is not None
@@ -204,6 +204,10 @@ def model_name(model: str) -> str:
     return Path(_normalise(model)).stem
 
 
+# A pose model rebuilt for the data's keypoint shape (`with_kpt_shape`'s name).
+_KPT_NAME = re.compile(r"(.+-pose)-kpt(\d+)x(\d+)(\.ya?ml|\.pt)?")
+
+
 def resolve_model(model: str) -> ModelRef:
     """Resolve 'yolov8s.yaml', 'yolo11m', 'path/to/custom.yaml', 'yolov8s.pt' or 'best.pt'.
 
@@ -211,7 +215,7 @@ def resolve_model(model: str) -> ModelRef:
     identity; any other .pt is unpickled with torch (imported lazily, once per model).
     'yolo11s-pose-kpt5x3' is the pose model rebuilt for 5 keypoints of 3 values (the name
     `with_kpt_shape` gives it)."""
-    kpt = re.fullmatch(r"(.+-pose)-kpt(\d+)x(\d+)(\.ya?ml|\.pt)?", model)
+    kpt = _KPT_NAME.fullmatch(model)
     if kpt and not Path(model).is_file():
         return with_kpt_shape(resolve_model(kpt.group(1) + (kpt.group(4) or "")),
                               (int(kpt.group(2)), int(kpt.group(3))))

@@ -156,17 +156,17 @@ def model_path_error(spec: YOLOTrainingJobSpec, policy: GPUCapacityPolicySpec) -
     model = spec.model
     if weights.is_checkpoint(model) or is_shipped_name(model):
         return None
+    where = ", ".join(policy.model_dirs) or "none configured"
     if "/" not in model:  # not looked up as a file in the operator's working directory
         return (f"spec: unknown model {model!r}: not a shipped architecture (e.g. yolo11m, "
                 f"yolo11s-seg, yolov8x.yaml); a custom model YAML is an absolute path under "
-                f"the policy's modelDirs ({', '.join(policy.model_dirs) or 'none configured'})")
+                f"the policy's modelDirs ({where})")
     if model.startswith("/"):
         real = os.path.realpath(model)
         for d in policy.model_dirs:
             top = os.path.realpath(d).rstrip("/") + "/"
             if real.startswith(top):
                 return None
-    where = ", ".join(policy.model_dirs) or "none configured"
     return (f"spec.model: {model} is not a shipped architecture (e.g. yolo11m, "
             f"yolo11s-seg), and admission reads custom model YAMLs only from the policy's "
             f"modelDirs ({where}); name a shipped architecture, or have the platform team put "
@@ -232,7 +232,11 @@ def decide(name: str, namespace: str, spec: YOLOTrainingJobSpec, policy: GPUCapa
            batch_per_gpu: int | None = None) -> Decision:
     """Plan the job, or say why not. `batch_per_gpu` pins the batch (OOM re-plans)."""
     unreadable = model_path_error(spec, policy)  # first: the checks below resolve spec.model
-    errors = [unreadable] if unreadable else static_errors(name, namespace, spec, policy, classes)
+    if unreadable:
+        return Decision(errors=(unreadable,))
+    if spec.task is None:  # the model's own task, resolved once (job_task reads it from here)
+        spec = spec.model_copy(update={"task": job_task(spec)})
+    errors = static_errors(name, namespace, spec, policy, classes)
     if errors:
         return Decision(errors=tuple(errors))
     margins = margins or {}
