@@ -147,6 +147,25 @@ def test_missing_profile_is_traced_once_and_cached(
     assert code == 0 and len(calls) == 1 and err == ""
 
 
+def test_a_class_count_between_two_traced_ones_is_estimated_without_a_trace(
+        only_estimator_commands: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    ref = resolve_model("yolov8n.yaml")
+    store = ProfileStore(cache_dir=only_estimator_commands, shipped=None)
+    for nc in (1, 80):
+        store.put(synthetic_profile(ProfileKey(ref.name, ref.config_hash, 640, "fp16", "AdamW",
+                                               nc, False)))
+    monkeypatch.setitem(sys.modules, "yolofit.estimator.build", None)  # a trace would fail
+    code, out, err = run(["estimate", "--model", "yolov8n.yaml", "--nc", "3", "--json"], capsys)
+    doc = json.loads(out)
+    assert code == 0 and err == "" and "|nc3|" in doc["profile_id"]
+    assert doc["profile_source"].startswith("interpolated in nc between the traced profiles "
+                                            "at nc=1 and nc=80")
+    code, out, _ = run(["estimate", "--model", "yolov8n.yaml", "--nc", "3"], capsys)
+    assert code == 0 and out.rstrip().endswith("(an upper bound: peak memory is convex in nc)")
+    assert len(list(only_estimator_commands.glob("*.json"))) == 2  # nothing cached for nc 3
+
+
 def test_bad_local_yaml_is_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     bad = tmp_path / "bad.yaml"
     bad.write_text("nc: 3\nbackbone: [[\n")

@@ -181,8 +181,14 @@ def test_missing_dataset_fails_the_job_with_the_message(operator: Any, kubectl: 
 
 def test_model_without_profile_is_profiled_off_the_request_path(
         operator: Any, kubectl: Any, kube: Any, namespace: str) -> None:
+    # A class count between two shipped ones (yolov8m@640: nc 1, 7, 80) needs no trace: the
+    # webhook plans it from their interpolation (server-side dry run: nothing is created).
+    own = kubectl("apply", "--dry-run=server", "-o", "json", "-f", "-",
+                  input=job_yaml("own", namespace, model="yolov8m", nodes=1, per_node=1,
+                                 classes=3))
+    assert "|nc3|" in json.loads(own.stdout)["spec"]["plan"]["profile"]
     out = apply(kubectl, job_yaml("fresh", namespace, model="yolov8m", nodes=1, per_node=1,
-                                  classes=3))
+                                  classes=90))  # above every shipped class count: a trace
     assert "plan" not in out["spec"]  # admitted without a plan: the webhook never traces
     wait_for(phase_is(kubectl, namespace, "fresh", "Profiling"), 20, what="Profiling")
     wait_for(running_pods(kube, namespace, "fresh", 1), 60, what="pod after profiling")

@@ -246,6 +246,7 @@ def _estimate_table(doc: dict[str, Any], key: ProfileKey, gpu: GpuClass) -> str:
                  f"{format_bytes(gpu.budget_bytes)} budget ({format_bytes(gpu.usable_bytes)} "
                  f"usable, {gpu.headroom:.0%} headroom); peak reserved is what Ultralytics "
                  f"prints as GPU_mem")
+    lines.append(f"profile: {doc['profile_source']}")
     return "\n".join(lines)
 
 
@@ -367,7 +368,7 @@ def _profiles_build(args: argparse.Namespace) -> int:
             for amp in amps:
                 for ckpt in checkpointing:
                     key = ProfileKey(name, chash, imgsz, amp, optimizer, nc, ckpt)
-                    if store.get(key) is None or args.force:
+                    if store.traced(key) is None or args.force:
                         trace_and_store(store, key, model)
                     else:
                         _progress(f"{key.id}: already in the store")

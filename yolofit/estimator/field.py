@@ -279,7 +279,7 @@ def profiles_for(rows: Iterable[FieldRow], store: ProfileStore | None = None
     found: dict[str, Profile] = {}
     missing = []
     for row in rows:
-        p = store.get(row.key())
+        p = store.traced(row.key())
         if p is None:
             missing.append(f"{row.source} ({row.key().id})")
         else:

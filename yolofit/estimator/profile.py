@@ -461,8 +461,10 @@ class ProfileStore:
     """Shipped profiles, then the on-disk cache (one JSON file per profile). Never traces.
 
     Everything is loaded once into a dict keyed by `ProfileKey.id`, so `get` is a dict
-    lookup; `put` writes the file atomically and updates the dict. `refresh()` re-reads
-    the directory (for a long-running operator that wants profiles traced elsewhere).
+    lookup (or, for a class count between two stored ones, an interpolation kept until the
+    next put or refresh); `put` writes the file atomically and updates the dict.
+    `refresh()` re-reads the directory (for a long-running operator that wants profiles
+    traced elsewhere).
     """
 
     def __init__(self, cache_dir: Path | str | None = None,
@@ -473,7 +475,8 @@ class ProfileStore:
         self.shipped = Path(shipped) if shipped is not None else None
         self._lock = threading.Lock()
         self._profiles: dict[str, Profile] | None = None
-        self._imgsz_index: dict[str, list[int]] | None = None
+        self._index: dict[str, list[tuple[int, int]]] | None = None
+        self._derived: dict[str, Profile] = {}  # interpolated profiles, dropped with _index
         self._in_memory = False
 
     @classmethod
@@ -506,10 +509,32 @@ class ProfileStore:
             return
         with self._lock:
             self._profiles = self._load()
-            self._imgsz_index = None
+            self._index = None
+
+    def traced(self, key: ProfileKey) -> Profile | None:
+        """The stored profile of exactly `key` (shipped, cached or put)."""
+        return self.profiles.get(key.id)
 
     def get(self, key: ProfileKey) -> Profile | None:
-        return self.profiles.get(key.id)
+        """The stored profile of `key`, else one interpolated between the stored profiles of
+        the nearest class counts below and above key.nc (nc_interpolation: an upper bound),
+        else None."""
+        profile = self.profiles.get(key.id)
+        if profile is not None:
+            return profile
+        from yolofit.estimator.nc_interpolation import between, bracket
+
+        traced = [n for s, n in self._siblings(key) if s == key.imgsz]
+        pair = bracket(key.nc, traced)
+        if pair is None:
+            return None
+        derived = self._derived.get(key.id)
+        if derived is None:
+            lo, hi = (self.profiles[key.replace(nc=n).id] for n in pair)
+            if lo.task != hi.task:
+                return None
+            derived = self._derived[key.id] = between(lo, hi, key.nc)
+        return derived
 
     def require(self, key: ProfileKey) -> Profile:
         profile = self.get(key)
@@ -517,21 +542,28 @@ class ProfileStore:
             raise ProfileMissing(key)
         return profile
 
+    def _siblings(self, key: ProfileKey) -> list[tuple[int, int]]:
+        """(imgsz, nc) of the stored profiles that match `key` in everything else (an index
+        rebuilt after a put or refresh)."""
+        index = self._index
+        if index is None:
+            index = {}
+            for k in [p.key for p in self.profiles.values()]:
+                index.setdefault(k.replace(imgsz=0, nc=0).id, []).append((k.imgsz, k.nc))
+            self._index, self._derived = index, {}
+        return index.get(key.replace(imgsz=0, nc=0).id, [])
+
     def keys(self) -> list[ProfileKey]:
         return [p.key for p in self.profiles.values()]
 
     def imgsz_available(self, key: ProfileKey) -> list[int]:
-        """The imgsz values with a profile that matches `key` in everything else, largest
-        first (the planner's candidates when it may reduce imgsz)."""
-        index = self._imgsz_index
-        if index is None:
-            index = {}
-            for k in [p.key for p in self.profiles.values()]:
-                index.setdefault(k.replace(imgsz=0).id, []).append(k.imgsz)
-            for sizes in index.values():
-                sizes.sort(reverse=True)
-            self._imgsz_index = index
-        return index.get(key.replace(imgsz=0).id, [])
+        """The imgsz values with a profile (stored, or interpolated in nc) that matches `key`
+        in everything else, largest first (the planner's candidates when it may reduce
+        imgsz)."""
+        sizes = {s for s, n in self._siblings(key) if n == key.nc}
+        sizes |= {s for s, _ in self._siblings(key)
+                  if s not in sizes and self.get(key.replace(imgsz=s)) is not None}
+        return sorted(sizes, reverse=True)
 
     def put(self, profile: Profile) -> Path:
         name = hashlib.sha256(profile.key.id.encode()).hexdigest()[:16]
@@ -545,7 +577,7 @@ class ProfileStore:
         with self._lock:
             assert self._profiles is not None
             self._profiles[profile.key.id] = profile
-            self._imgsz_index = None
+            self._index = None
         return path
 
 

@@ -1,0 +1,137 @@
+"""Profiles interpolated in nc (estimator/nc_interpolation.py) against exact traces.
+
+    YOLO_OFFLINE=1 .venv/bin/python benchmarks/nc_interpolation.py \
+        [--profiles PATH] [--set small|x1280|all] [--no-trace]
+
+Traces (resumable, into --profiles, default ~/.cache/yolofit/nc-validation.json) every key of
+the validation set: per model, the two ends (nc 1 and 80) and class counts between them;
+then, for every traced nc between the ends, interpolates its profile from the ends and
+compares it with the exact trace over a grid of batch (1-64), densest labels per sample
+(0-256) and mean labels (none, 1-16). It prints, per key, the least and the largest relative
+error of allocated, reserved (expandable segments) and reserved (default allocator):
+interpolated / traced - 1. A negative least error is an under-prediction.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import itertools
+import os
+import platform
+import subprocess
+import sys
+from collections import defaultdict
+from pathlib import Path
+
+os.environ.setdefault("YOLO_OFFLINE", "1")
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from yolofit.estimator.nc_interpolation import between  # noqa: E402
+from yolofit.estimator.profile import Profile, ProfileStore, _read_profiles  # noqa: E402
+
+# (model, imgsz, class counts); the first and last are the ends every other is judged from.
+SETS = {
+    "small": [("yolov8n", 320, (1, 3, 10, 30, 55, 80)), ("yolo11n-seg", 320, (1, 5, 80)),
+              ("yolo11n-obb", 320, (1, 15, 80)), ("yolo11n-pose", 320, (1, 3, 80)),
+              ("yolo11n-cls", 224, (1, 10, 80))],
+    "x1280": [("yolo11x", 1280, (1, 3, 20, 80))],
+}
+SETS["all"] = SETS["small"] + SETS["x1280"]
+BATCHES = (1, 2, 4, 8, 16, 32, 64)
+DENSEST = (0, 4, 16, 64, 256)
+MEANS = (None, 1, 4, 16)
+
+
+def trace(path: Path, entries: list[tuple[str, int, tuple[int, ...]]]) -> None:
+    for model, imgsz, counts in entries:
+        for nc in counts:
+            subprocess.run([sys.executable, "-m", "yolofit.estimator.precompute", "--models",
+                            model, "--imgsz", str(imgsz), "--amp", "fp16", "--nc", str(nc),
+                            "--out", str(path)], check=True, cwd=REPO)
+
+
+PICK = {"allocated": lambda p: p.allocated, "reserved": lambda p: p.reserved_terms(True),
+        "reserved_default": lambda p: p.reserved_terms(False)}
+
+
+def at_points(terms_of: Profile, measured: Profile) -> dict[str, tuple[float, float]]:
+    """Least and largest error of `terms_of`'s terms at the trace points of `measured`,
+    against what its trace measured there (the allocator model's replay for reserved)."""
+    out = {}
+    for name, pick in PICK.items():
+        errs = []
+        for t in measured.traced_at:
+            mean = t.get("mean_objects")
+            value = max(int(t[name]), int(t["allocated"]))
+            errs.append(pick(terms_of).at(t["batch"], t["objects"],
+                                          None if mean is None else round(mean)) / value - 1)
+        out[name] = (min(errs), max(errs))
+    return out
+
+
+def on_grid(derived: Profile, exact: Profile) -> tuple[float, float]:
+    """Least and largest error of the allocated terms against the exact profile's terms over
+    the grid (both extrapolate from their points; allocated only, see the module text)."""
+    errs = [derived.allocated.at(b, o, m) / exact.allocated.at(b, o, m) - 1
+            for b, o, m in itertools.product(BATCHES, DENSEST, MEANS) if m is None or m <= o]
+    return min(errs), max(errs)
+
+
+def _pct(pair: tuple[float, float]) -> str:
+    return f"{100 * pair[0]:+.1f} .. {100 * pair[1]:+.1f}"
+
+
+def report(path: Path) -> str:
+    profiles = list(_read_profiles(path))
+    groups: dict[str, list[Profile]] = defaultdict(list)
+    for p in profiles:
+        groups[p.key.replace(nc=0).id].append(p)
+    rows = ["| model | imgsz | nc (ends) | allocated at points: interpolated / traced | "
+            "reserved | reserved, default allocator | allocated over the grid: interpolated "
+            "vs traced terms |",
+            "|---|---|---|---|---|---|---|"]
+    least = dict.fromkeys(PICK, 0.0)
+    for group in groups.values():
+        group.sort(key=lambda p: p.key.nc)
+        lo, hi = group[0], group[-1]
+        for mid in group[1:-1]:
+            derived, exact = between(lo, hi, mid.key.nc), at_points(mid, mid)
+            e = at_points(derived, mid)
+            for k, (low, _) in e.items():
+                least[k] = min(least[k], low)
+            cells = [f"{_pct(e[k])} % ({_pct(exact[k])})" for k in PICK]
+            rows.append(f"| {mid.key.model} | {mid.key.imgsz} | {mid.key.nc} "
+                        f"({lo.key.nc}, {hi.key.nc}) | " + " | ".join(cells)
+                        + f" | {_pct(on_grid(derived, mid))} % |")
+    # The store path as the planner sees it: a class count between two stored ones.
+    store = ProfileStore.of([g[0] for g in groups.values()] + [g[-1] for g in groups.values()])
+    assert all(store.get(p.key) is not None for g in groups.values() for p in g)
+    rows += ["", "At points: the interpolated terms at the exact trace's points against what "
+             "it measured there (in brackets: the exact profile's own terms, which are "
+             "raised to cover their points). Least over all rows (negative: under): "
+             + ", ".join(f"{k} {100 * v:+.2f} %" for k, v in least.items())]
+    return "\n".join(rows)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--profiles", type=Path,
+                    default=Path.home() / ".cache" / "yolofit" / "nc-validation.json")
+    ap.add_argument("--set", choices=sorted(SETS), default="small")
+    ap.add_argument("--no-trace", action="store_true", help="report on --profiles as it is")
+    args = ap.parse_args(argv)
+    if not args.no_trace:
+        args.profiles.parent.mkdir(parents=True, exist_ok=True)
+        trace(args.profiles, SETS[args.set])
+    print(f"Command: `YOLO_OFFLINE=1 .venv/bin/python benchmarks/nc_interpolation.py "
+          f"--set {args.set}`")
+    print(f"Machine: {os.cpu_count()} cores ({platform.machine()}). "
+          f"Date: {dt.datetime.now(dt.UTC):%Y-%m-%d %H:%M} UTC.\n")
+    print(report(args.profiles))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,89 @@
+"""A profile for a class count between two traced ones, without a trace.
+
+Most jobs train on their own classes (nc 3, 12, 40), and every other nc was a key of its own:
+a trace of 15-40 s on the operator's CPU before the first plan. But nc enters a training
+step only through sizes: the head's class branch (weights, gradients, optimizer state, EMA:
+c x nc each), its outputs (b x nc x h x w per level), and the loss's b x anchors x nc
+tensors. No op, no branch and no data-dependent count of the step depends on it (the
+assigner reads the predicted score at each label's class, one value per label whatever nc
+is). So every tensor's size is affine in nc, the bytes alive at any moment of the step are
+a sum of affine functions, and the peak - the largest of those sums over the step - is a
+maximum of affine functions: convex in nc. A convex function lies under its chord, so the
+profile a traced pair (nc_lo, nc_hi) gives by linear interpolation is an upper bound at
+every nc between them, and exact where the peak stays at the same moment of the step (the
+usual case: the sparse-label peak at the end of the loss).
+
+What convexity does not cover, and how it is bounded here:
+- Allocator rounding (512-byte blocks, 2 MiB pages): each size is affine up to the round-up,
+  so the chord can miss by a rounding step per live tensor. Allocated terms are interpolated
+  and rounded up term by term.
+- Reserved bytes come from the allocator model's replay, whose segment and page choices are
+  not affine in anything. The reserved terms here are the interpolated allocated terms plus
+  the larger of the two traced profiles' reserve overheads (reserved - allocated), term by
+  term: the overhead the allocator showed at either end, on top of a bound on allocated.
+  benchmarks/nc_interpolation.py measures both against exact traces at nc between.
+
+Only stored (traced) profiles are endpoints, they must agree on everything but nc, task
+included, and nothing is extrapolated: an nc outside the traced range is traced as before.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from fractions import Fraction
+
+from yolofit.estimator.profile import Profile, Terms
+
+SOURCE_PREFIX = "interpolated in nc"
+
+
+def bracket(nc: int, traced: Sequence[int]) -> tuple[int, int] | None:
+    """The nearest traced class counts below and above `nc` (None without both)."""
+    below = [n for n in traced if n < nc]
+    above = [n for n in traced if n > nc]
+    if not below or not above:
+        return None
+    return max(below), min(above)
+
+
+def _chord(lo: Terms, hi: Terms, t: Fraction) -> Terms:
+    """lo + t (hi - lo), term by term, rounded up (b and objects are never negative, so a
+    term rounded up never lowers the total)."""
+    def f(a: int, b: int) -> int:
+        return math.ceil(a + t * (b - a))
+
+    return Terms(f(lo.fixed, hi.fixed), f(lo.per_sample, hi.per_sample),
+                 f(lo.per_object, hi.per_object), f(lo.per_mean_object, hi.per_mean_object))
+
+
+def _larger(a: Terms, b: Terms) -> Terms:
+    return Terms(max(a.fixed, b.fixed), max(a.per_sample, b.per_sample),
+                 max(a.per_object, b.per_object), max(a.per_mean_object, b.per_mean_object))
+
+
+def _reserved(lo: Profile, hi: Profile, allocated: Terms, expandable_segments: bool) -> Terms:
+    over = _larger(lo.reserved_terms(expandable_segments) - lo.allocated,
+                   hi.reserved_terms(expandable_segments) - hi.allocated)
+    return allocated + _larger(over, Terms(0, 0))
+
+
+def between(lo: Profile, hi: Profile, nc: int) -> Profile:
+    """The profile of `nc` from traced profiles at lo.key.nc < nc < hi.key.nc (the module
+    docstring says why it is an upper bound)."""
+    if lo.key.replace(nc=0) != hi.key.replace(nc=0) or lo.task != hi.task:
+        raise ValueError(f"profiles {lo.key.id} and {hi.key.id} differ in more than nc")
+    if not lo.key.nc < nc < hi.key.nc:
+        raise ValueError(f"nc {nc} is not between {lo.key.nc} and {hi.key.nc}")
+    t = Fraction(nc - lo.key.nc, hi.key.nc - lo.key.nc)
+    allocated = _chord(lo.allocated, hi.allocated, t)
+    zero = Terms(0, 0)
+    breakdown = {name: _chord(lo.breakdown.get(name, zero), hi.breakdown.get(name, zero), t)
+                 for name in {*lo.breakdown, *hi.breakdown}}
+    return Profile(
+        key=lo.key.replace(nc=nc), params=math.ceil(lo.params + t * (hi.params - lo.params)),
+        allocated=allocated, reserved=_reserved(lo, hi, allocated, True),
+        reserved_default=_reserved(lo, hi, allocated, False), breakdown=breakdown,
+        traced_at=[], task=lo.task,
+        source=(f"{SOURCE_PREFIX} between the traced profiles at nc={lo.key.nc} and "
+                f"nc={hi.key.nc} (an upper bound: peak memory is convex in nc)"))
