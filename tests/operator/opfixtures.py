@@ -14,9 +14,10 @@ __all__ = ["build_profile", "make_profiles", "make_two_models", "pol", "spec", "
 
 GiB = 2**30
 MiB = 2**20
-FAILING_NC = 13  # build_profile fails for this class count (the ProfilingFailed path)
-HOG_NC = 14  # build_profile touches memory until it is stopped (the budget's path)
-HANG_NC = 15  # build_profile waits until it is killed (the killed-worker path)
+# Above every shipped class count (1-80 are interpolated from shipped profiles, never traced):
+FAILING_NC = 113  # build_profile fails for this class count (the ProfilingFailed path)
+HOG_NC = 114  # build_profile touches memory until it is stopped (the budget's path)
+HANG_NC = 115  # build_profile waits until it is killed (the killed-worker path)
 
 
 def build_profile(key: ProfileKey) -> Profile:
