@@ -10,6 +10,13 @@ compares it with the exact trace over a grid of batch (1-64), densest labels per
 (0-256) and mean labels (none, 1-16). It prints, per key, the least and the largest relative
 error of allocated, reserved (expandable segments) and reserved (default allocator):
 interpolated / traced - 1. A negative least error is an under-prediction.
+
+    YOLO_OFFLINE=1 .venv/bin/python benchmarks/nc_interpolation.py --first-estimate \
+        [--model yolo11x] [--imgsz 1280] [--repeat 3]
+
+times a first estimate instead, each in a fresh process (`/usr/bin/time -f "%e s %M KiB"`
+around `yolofit estimate --json` with an empty profile cache): nc 3 (between the shipped
+nc 1 and 80: interpolated) against nc 81 (above them: traced), alternating, medians.
 """
 
 from __future__ import annotations
@@ -17,6 +24,7 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import itertools
+import json
 import os
 import platform
 import subprocess
@@ -115,13 +123,54 @@ def report(path: Path) -> str:
     return "\n".join(rows)
 
 
+def first_estimate(model: str, imgsz: int, repeat: int) -> str:
+    import re
+    import statistics
+    import tempfile
+
+    cells: dict[int, list[tuple[float, int, str]]] = {3: [], 81: []}
+    for _ in range(repeat):
+        for nc in cells:
+            with tempfile.TemporaryDirectory() as cache:
+                env = {**os.environ, "YOLOFIT_PROFILE_DIR": cache, "YOLO_OFFLINE": "1"}
+                out = subprocess.run(
+                    ["/usr/bin/time", "-f", "%e s %M KiB", str(REPO / ".venv/bin/yolofit"),
+                     "estimate", "--model", model, "--imgsz", str(imgsz), "--nc", str(nc),
+                     "--batch", "8", "--json"], env=env, capture_output=True, text=True,
+                    check=True)
+            m = re.findall(r"([0-9.]+) s ([0-9]+) KiB", out.stderr)[-1]
+            source = json.loads(out.stdout)["profile_source"]
+            cells[nc].append((float(m[0]), int(m[1]), source.split(" (")[0].split(",")[0]))
+    rows = [f"First estimate of {model}@{imgsz} (fp16, AdamW, batch 8), each a fresh process "
+            f"with an empty profile cache; median of {repeat}, arms alternating:", "",
+            "| nc | profile | wall s | peak RSS MiB |", "|---|---|---|---|"]
+    for nc, runs in cells.items():
+        rows.append(f"| {nc} | {runs[0][2]} | {statistics.median(r[0] for r in runs):.1f} | "
+                    f"{statistics.median(r[1] for r in runs) / 1024:.0f} |")
+    return "\n".join(rows)
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--profiles", type=Path,
                     default=Path.home() / ".cache" / "yolofit" / "nc-validation.json")
     ap.add_argument("--set", choices=sorted(SETS), default="small")
     ap.add_argument("--no-trace", action="store_true", help="report on --profiles as it is")
+    ap.add_argument("--first-estimate", action="store_true",
+                    help="time first estimates, interpolated (nc 3) against traced (nc 81)")
+    ap.add_argument("--model", default="yolo11x")
+    ap.add_argument("--imgsz", type=int, default=1280)
+    ap.add_argument("--repeat", type=int, default=3)
     args = ap.parse_args(argv)
+    if args.first_estimate:
+        print(f"Command: `YOLO_OFFLINE=1 .venv/bin/python benchmarks/nc_interpolation.py "
+              f"--first-estimate --model {args.model} --imgsz {args.imgsz} "
+              f"--repeat {args.repeat}`")
+        print(f"Machine: {os.cpu_count()} cores ({platform.machine()}). Date: "
+              f"{dt.datetime.now(dt.UTC):%Y-%m-%d %H:%M} UTC. Load average before: "
+              f"{' '.join(f'{x:.2f}' for x in os.getloadavg())}.\n")
+        print(first_estimate(args.model, args.imgsz, args.repeat))
+        return 0
     if not args.no_trace:
         args.profiles.parent.mkdir(parents=True, exist_ok=True)
         trace(args.profiles, SETS[args.set])

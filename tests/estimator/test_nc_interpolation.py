@@ -68,6 +68,12 @@ def test_store_does_not_interpolate_between_tasks() -> None:
     assert store.get(key(nc=3)) is None
 
 
+# An end's terms are exact at its own trace points only; where the point of a count between
+# lies off them (nc 1 traces its dense labels at 128/256, nc 80 at 160/320), the chord carries
+# that end's fit error there. Measured: at most 0.01 % (yolo11s-seg nc 2 at (2, 128)).
+FIT = 1 - 0.001
+
+
 def _shipped_ladders() -> list[list[Profile]]:
     store = ProfileStore(cache_dir="/nonexistent")
     ladders: dict[str, list[Profile]] = {}
@@ -81,15 +87,18 @@ def test_shipped_profiles_between_two_traced_counts_cover_what_was_traced(
         ladder: list[Profile]) -> None:
     """Every shipped profile with a traced count below and above it: interpolating from the
     outermost two is never under what its own trace measured at its points (allocated and
-    both reserved replays), and the allocated terms are never under its own over a grid."""
+    both reserved replays), and, where all three were fitted the same way, the allocated
+    terms are never under its own over a grid."""
     lo, hi = ladder[0], ladder[-1]
     for mid in ladder[1:-1]:
         got = between(lo, hi, mid.key.nc)
         for t in mid.traced_at:
             mean = t.get("mean_objects")
             point = (t["batch"], t["objects"], None if mean is None else round(mean))
-            assert got.allocated.at(*point) >= t["allocated"], (mid.key.id, point)
-            assert got.reserved.at(*point) >= max(t["reserved"], t["allocated"]), point
-            assert got.reserved_terms(False).at(*point) >= t.get("reserved_default", 0), point
+            assert got.allocated.at(*point) >= t["allocated"] * FIT, (mid.key.id, point)
+            assert got.reserved.at(*point) >= max(t["reserved"], t["allocated"]) * FIT, point
+            assert got.reserved_terms(False).at(*point) >= t.get("reserved_default", 0) * FIT
+        if len({len(p.traced_at) for p in (lo, mid, hi)}) > 1:
+            continue  # fits of different tracer generations (4 or 5 points): points only
         for b, o in itertools.product((1, 8, 64), (0, 16, 256)):
-            assert got.allocated.at(b, o) >= mid.allocated.at(b, o), (mid.key.id, b, o)
+            assert got.allocated.at(b, o) >= mid.allocated.at(b, o) * FIT, (mid.key.id, b, o)
