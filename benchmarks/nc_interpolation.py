@@ -57,7 +57,7 @@ def trace(path: Path, entries: list[tuple[str, int, tuple[int, ...]]]) -> None:
         for nc in counts:
             subprocess.run([sys.executable, "-m", "yolofit.estimator.precompute", "--models",
                             model, "--imgsz", str(imgsz), "--amp", "fp16", "--nc", str(nc),
-                            "--out", str(path)], check=True, cwd=REPO)
+                            "--out", str(path)], check=True, cwd=REPO, stdout=sys.stderr)
 
 
 PICK = {"allocated": lambda p: p.allocated, "reserved": lambda p: p.reserved_terms(True),
@@ -79,6 +79,15 @@ def at_points(terms_of: Profile, measured: Profile) -> dict[str, tuple[float, fl
     return out
 
 
+def excess_mib(derived: Profile, measured: Profile) -> float:
+    """The most reserved bytes (expandable segments) the interpolation adds over the trace's
+    replay at its points, in MiB (the relative errors above are of small steps)."""
+    return max(derived.reserved.at(t["batch"], t["objects"], None if t.get("mean_objects")
+                                   is None else round(t["mean_objects"]))
+               - max(int(t["reserved"]), int(t["allocated"]))
+               for t in measured.traced_at) / 2**20
+
+
 def on_grid(derived: Profile, exact: Profile) -> tuple[float, float]:
     """Least and largest error of the allocated terms against the exact profile's terms over
     the grid (both extrapolate from their points; allocated only, see the module text)."""
@@ -97,9 +106,9 @@ def report(path: Path) -> str:
     for p in profiles:
         groups[p.key.replace(nc=0).id].append(p)
     rows = ["| model | imgsz | nc (ends) | allocated at points: interpolated / traced | "
-            "reserved | reserved, default allocator | allocated over the grid: interpolated "
-            "vs traced terms |",
-            "|---|---|---|---|---|---|---|"]
+            "reserved | reserved, default allocator | reserved excess, MiB | allocated over the "
+            "grid: interpolated vs traced terms |",
+            "|---|---|---|---|---|---|---|---|"]
     least = dict.fromkeys(PICK, 0.0)
     for group in groups.values():
         group.sort(key=lambda p: p.key.nc)
@@ -112,7 +121,7 @@ def report(path: Path) -> str:
             cells = [f"{_pct(e[k])} % ({_pct(exact[k])})" for k in PICK]
             rows.append(f"| {mid.key.model} | {mid.key.imgsz} | {mid.key.nc} "
                         f"({lo.key.nc}, {hi.key.nc}) | " + " | ".join(cells)
-                        + f" | {_pct(on_grid(derived, mid))} % |")
+                        + f" | {excess_mib(derived, mid):.0f} | {_pct(on_grid(derived, mid))} % |")
     # The store path as the planner sees it: a class count between two stored ones.
     store = ProfileStore.of([g[0] for g in groups.values()] + [g[-1] for g in groups.values()])
     assert all(store.get(p.key) is not None for g in groups.values() for p in g)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
+import math
+from fractions import Fraction
 
 import pytest
 
@@ -31,7 +33,12 @@ def test_between_is_the_chord_rounded_up_and_keeps_the_larger_reserve_overhead()
     assert mid.source.startswith(SOURCE_PREFIX) and "nc=1" in mid.source
     assert mid.allocated == Terms(1002 * MiB, 102 * MiB + 1, 7, 0)  # (3-1)/79 of the way, up
     assert mid.params == 3_002_000
-    assert mid.reserved == mid.allocated + Terms(30 * MiB, 3 * MiB, 5)
+    t = Fraction(2, 79)
+    lo_res, hi_res = lo.reserved, hi.reserved
+    assert mid.reserved == Terms(
+        math.ceil(lo_res.fixed + t * (hi_res.fixed - lo_res.fixed)) + 22 * MiB,  # + PAGE_SLACK
+        math.ceil(lo_res.per_sample + t * (hi_res.per_sample - lo_res.per_sample)),
+        math.ceil(lo_res.per_object + t * (hi_res.per_object - lo_res.per_object)), 0)
     assert mid.reserved_terms(False) == mid.reserved  # builders' profiles: no default replay
     assert set(mid.breakdown) == set(lo.breakdown)
 

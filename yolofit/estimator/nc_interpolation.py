@@ -17,12 +17,13 @@ What convexity does not cover, and how it is bounded here:
 - Allocator rounding (512-byte blocks, 2 MiB pages): each size is affine up to the round-up,
   so the chord can miss by a rounding step per live tensor. Allocated terms are interpolated
   and rounded up term by term.
-- Reserved bytes come from the allocator model's replay, whose segment and page choices are
-  not affine in anything. The reserved terms here are the interpolated allocated terms plus
-  the larger of the two traced profiles' reserve overheads (reserved - allocated), term by
-  term: the overhead the allocator showed at either end, on top of a bound on allocated.
-  benchmarks/nc_interpolation.py measures both against exact traces at nc between.
-
+- Reserved bytes come from the allocator model's replay, which maps memory in pages and
+  segments (2 MiB small, 20 MiB large): the reserved peak follows the allocated one in steps
+  of up to a page per pool, so it is convex in nc only up to those steps. The reserved terms
+  here are the chord of the two ends' reserved terms plus one small and one large page
+  (PAGE_SLACK, 22 MiB). Measured against exact traces at counts between (18 keys): the bare
+  chord was under by at most 0.9 MiB; taking the larger of the two ends' reserve overheads
+  term by term instead added 22-951 MiB (benchmarks/nc_interpolation.py, RESULTS.md).
 - The ends' own fits: a profile's terms are exact at its trace points and linear between
   them, and the two ends trace dense labels at different counts (128/256 below nc 65,
   2 nc/4 nc above), so at one end's points the other end's fit error comes along, scaled by
@@ -38,9 +39,11 @@ import math
 from collections.abc import Sequence
 from fractions import Fraction
 
+from yolofit.estimator.allocator import LARGE_BUFFER, SMALL_BUFFER
 from yolofit.estimator.profile import Profile, Terms
 
 SOURCE_PREFIX = "interpolated in nc"
+PAGE_SLACK = Terms(SMALL_BUFFER + LARGE_BUFFER, 0)  # one page of each pool (module text)
 
 
 def bracket(nc: int, traced: Sequence[int]) -> tuple[int, int] | None:
@@ -62,15 +65,9 @@ def _chord(lo: Terms, hi: Terms, t: Fraction) -> Terms:
                  f(lo.per_object, hi.per_object), f(lo.per_mean_object, hi.per_mean_object))
 
 
-def _larger(a: Terms, b: Terms) -> Terms:
-    return Terms(max(a.fixed, b.fixed), max(a.per_sample, b.per_sample),
-                 max(a.per_object, b.per_object), max(a.per_mean_object, b.per_mean_object))
-
-
-def _reserved(lo: Profile, hi: Profile, allocated: Terms, expandable_segments: bool) -> Terms:
-    over = _larger(lo.reserved_terms(expandable_segments) - lo.allocated,
-                   hi.reserved_terms(expandable_segments) - hi.allocated)
-    return allocated + _larger(over, Terms(0, 0))
+def _reserved(lo: Profile, hi: Profile, t: Fraction, expandable_segments: bool) -> Terms:
+    return _chord(lo.reserved_terms(expandable_segments), hi.reserved_terms(expandable_segments),
+                  t) + PAGE_SLACK
 
 
 def between(lo: Profile, hi: Profile, nc: int) -> Profile:
@@ -87,8 +84,8 @@ def between(lo: Profile, hi: Profile, nc: int) -> Profile:
                  for name in {*lo.breakdown, *hi.breakdown}}
     return Profile(
         key=lo.key.replace(nc=nc), params=math.ceil(lo.params + t * (hi.params - lo.params)),
-        allocated=allocated, reserved=_reserved(lo, hi, allocated, True),
-        reserved_default=_reserved(lo, hi, allocated, False), breakdown=breakdown,
+        allocated=allocated, reserved=_reserved(lo, hi, t, True),
+        reserved_default=_reserved(lo, hi, t, False), breakdown=breakdown,
         traced_at=[], task=lo.task,
         source=(f"{SOURCE_PREFIX} between the traced profiles at nc={lo.key.nc} and "
                 f"nc={hi.key.nc} (an upper bound: peak memory is convex in nc)"))
