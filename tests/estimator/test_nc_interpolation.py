@@ -81,6 +81,22 @@ def test_store_does_not_interpolate_between_tasks() -> None:
 FIT = 1 - 0.001
 
 
+def _traced_at(p: Profile, *objects: int) -> Profile:
+    return dataclasses.replace(p, traced_at=[{"batch": 2, "objects": o} for o in objects])
+
+
+def test_store_interpolates_only_between_ends_traced_at_comparable_label_counts() -> None:
+    """Ends whose dense points lie far apart carry each other's fit error (nc 200 from 80 and
+    365 came out 1.3 % under its trace): nc 1 and 80 (densest 256 and 320) are used, 80 and
+    365 (320 and 1,460) are not; ends without labels (classify) always are."""
+    ends = [_traced_at(profile(key(nc=1)), 4, 128, 256), _traced_at(profile(key(nc=80)), 4, 320),
+            _traced_at(profile(key(nc=365)), 4, 1460)]
+    store = ProfileStore.of(ends)
+    assert store.get(key(nc=40)) is not None and store.get(key(nc=200)) is None
+    cls = [_traced_at(profile(key(nc=n, model="yolo11n-cls")), 0, 1) for n in (80, 1000)]
+    assert ProfileStore.of(cls).get(key(nc=300, model="yolo11n-cls")) is not None
+
+
 def _shipped_ladders() -> list[list[Profile]]:
     store = ProfileStore(cache_dir="/nonexistent")
     ladders: dict[str, list[Profile]] = {}

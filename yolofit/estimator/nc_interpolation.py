@@ -21,13 +21,21 @@ What convexity does not cover, and how it is bounded here:
   segments (2 MiB small, 20 MiB large): the reserved peak follows the allocated one in steps
   of up to a page per pool, so it is convex in nc only up to those steps. The reserved terms
   here are the chord of the two ends' reserved terms plus one small and one large page
-  (PAGE_SLACK, 22 MiB). Measured against exact traces at counts between (18 keys): the bare
+  (PAGE_SLACK, 22 MiB). Measured against exact traces at counts between (the benchmark
+  benchmarks/nc_interpolation.py and the shipped ladders): the bare
   chord was under by at most 0.9 MiB; taking the larger of the two ends' reserve overheads
   term by term instead added 22-951 MiB (benchmarks/nc_interpolation.py, RESULTS.md).
 - The ends' own fits: a profile's terms are exact at its trace points and linear between
   them, and the two ends trace dense labels at different counts (128/256 below nc 65,
   2 nc/4 nc above), so at one end's points the other end's fit error comes along, scaled by
   the chord: measured at most 0.01 % under a trace (tests/estimator/test_nc_interpolation.py).
+
+  That error grows with how far apart the ends' points are: the dense points sit at
+  max(128, 2 nc) and twice that, so ends at nc 80 and 365 trace 320 and 1,460 labels, and an
+  interpolated nc 200 came out 1.3 % under its trace. So a pair is used only when its
+  densest traced label counts are within DENSE_RATIO of each other (nc 1 and 80: 256 and
+  320), or when neither traced labels (classify: its points never depend on nc; nc 80 to
+  1000 measured never under).
 
 Only stored (traced) profiles are endpoints, they must agree on everything but nc, task
 included, and nothing is extrapolated: an nc outside the traced range is traced as before.
@@ -44,6 +52,17 @@ from yolofit.estimator.profile import Profile, Terms
 
 SOURCE_PREFIX = "interpolated in nc"
 PAGE_SLACK = Terms(SMALL_BUFFER + LARGE_BUFFER, 0)  # one page of each pool (module text)
+
+
+DENSE_RATIO = Fraction(5, 4)  # the largest spread of the ends' densest labels (see above)
+
+
+def comparable(lo: Profile, hi: Profile) -> bool:
+    """Whether the two ends' trace points are close enough to interpolate between (the
+    module docstring: each end's fit error at the other's points)."""
+    a, b = sorted(max((int(t.get("objects", 0)) for t in p.traced_at), default=0)
+                  for p in (lo, hi))
+    return b <= 1 or b <= a * DENSE_RATIO
 
 
 def bracket(nc: int, traced: Sequence[int]) -> tuple[int, int] | None:

@@ -522,7 +522,7 @@ class ProfileStore:
         profile = self.profiles.get(key.id)
         if profile is not None:
             return profile
-        from yolofit.estimator.nc_interpolation import between, bracket
+        from yolofit.estimator.nc_interpolation import between, bracket, comparable
 
         traced = [n for s, n in self._siblings(key) if s == key.imgsz]
         pair = bracket(key.nc, traced)
@@ -531,7 +531,7 @@ class ProfileStore:
         derived = self._derived.get(key.id)
         if derived is None:
             lo, hi = (self.profiles[key.replace(nc=n).id] for n in pair)
-            if lo.task != hi.task:
+            if lo.task != hi.task or not comparable(lo, hi):
                 return None
             derived = self._derived[key.id] = between(lo, hi, key.nc)
         return derived
