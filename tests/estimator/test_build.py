@@ -1,10 +1,17 @@
-"""Fitting profile terms from trace points (pure arithmetic, no tracing)."""
+"""Fitting profile terms from trace points (pure arithmetic; one slow test traces)."""
 
 from __future__ import annotations
 
 import pytest
 
-from yolofit.estimator.build import POINTS, _fit_exact, dense_objects, fit_terms
+from yolofit.estimator.build import (
+    CLASSIFY_BATCH_POINTS,
+    POINTS,
+    _fit_exact,
+    classify_terms,
+    dense_objects,
+    fit_terms,
+)
 from yolofit.estimator.profile import Terms
 
 
@@ -112,3 +119,35 @@ def test_dense_objects_scale_with_classes() -> None:
     assert dense_objects(80) == (160, 320)
     assert dense_objects(1) == (128, 256)
     assert dense_objects(1000) == (2000, 4000)
+
+
+def test_classify_fit_takes_the_large_batch_slope_and_covers_batch_1_with_fixed() -> None:
+    """A classifier with many classes: its head's state sets the peak of small batches
+    (H = 67 MB + 8.55 MB b), its activations that of large ones (L = 60 MB + 8.80 MB b).
+    The slope of batches 32 and 64 is L's; fixed is raised to cover batch 1; by convexity
+    the line is above the peak at every batch from 1 on (batches 4 and 8 gave H's slope:
+    2.5 % under at batch 512)."""
+    def peak(b: int) -> int:
+        return max(67_000_000 + 8_550_000 * b, 60_000_000 + 8_800_000 * b)
+
+    points = (*CLASSIFY_BATCH_POINTS, (1, 0), (1, 1))
+    terms = classify_terms([peak(p[0]) for p in points], points)
+    assert terms.per_sample == 8_800_000 and terms.per_object == 0
+    assert terms.fixed == 67_000_000 + 8_550_000 - 8_800_000  # covers batch 1 exactly
+    assert all(terms.at(b) >= peak(b) for b in range(1, 1025))
+    small = fit_terms([peak(b) for b in (4, 8, 2, 2)], ((4, 0), (8, 0), (2, 0), (2, 1)))
+    assert small.at(512) < peak(512)  # what the old points gave
+
+
+@pytest.mark.slow
+def test_a_traced_classifier_profile_covers_large_batches() -> None:
+    """yolo11n-cls at 224 with 1000 classes (ImageNet), traced: the profile is not under a
+    trace at batch 256 (points 4 and 8 made it 2.4 % under there)."""
+    from yolofit.estimator.build import _build, build_profile, key_for, trace_point
+    from yolofit.estimator.models import resolve
+
+    key = key_for("yolo11n-cls", 224, nc=1000)
+    profile = build_profile(key)
+    traced = trace_point(_build(resolve("yolo11n-cls"), 1000, "hollow"), key, 256, 0)
+    assert profile.allocated.at(256) >= traced.allocated
+    assert profile.allocated.at(256) <= traced.allocated * 1.01

@@ -21,7 +21,16 @@ slope beyond that, raised until the dense points are covered: their excess over 
 (segment: mask-loss backward at 128+ labels a sample) appears only with dense labels, so
 it is charged to the densest count, not to every sample (it used to go to per_sample: +17 %
 of yolo26m-seg's slope, the field's segment rows over-predicted by 36-42 %).
-Classifiers have no labels: four points, per_object 0.
+Classifiers have no labels: four points, per_object 0, and their batch points sit higher
+(CLASSIFY_BATCH_POINTS): with many classes the head's class branch and its state set the
+peak of a small batch, at another moment of the step than the activations of a large one,
+and the per-sample slope of batches 4 and 8 fell short of the one from 32 on (yolo11n-cls at
+224, nc 1000: 8.55 MB against 8.80 MB a sample, 2.4 % under at batch 256; RESULTS.md). The
+slope is taken from batches 32 and 64 and `fixed` raised to cover the batch-1 point
+(classify_terms): raising the slope instead would charge a small batch's extra fixed bytes
+to every sample of a large one. The peak is a maximum of lines in the batch (convex), so a
+line at or above it at batches 1 and 32 is above it between them; from 32 on the slope
+measured constant up to 512.
 In compute="shape" mode a point costs about the same at any batch (activations are never
 computed or touched), so the batch points sit nearer real training batches than 1 and 2,
 where allocator rounding is a larger share of every number.
@@ -31,6 +40,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -49,6 +59,7 @@ from yolofit.estimator.profile import (
 BATCH_POINTS: tuple[tuple[int, int], ...] = ((4, 4), (8, 4))
 OBJECT_POINTS: tuple[tuple[int, int], ...] = ((2, 128), (2, 256))
 MEAN_POINT: tuple[int, int] = (4, 16)  # batch as BATCH_POINTS[0], more (sparse) labels
+CLASSIFY_BATCH_POINTS: tuple[tuple[int, int], ...] = ((32, 0), (64, 0))  # module docstring
 POINTS: tuple[tuple[int, ...], ...] = (*BATCH_POINTS, *OBJECT_POINTS, MEAN_POINT)
 # What a trace imports (build.py imports it lazily): a trace worker's server imports these
 # once, so each worker forked from it starts without them (trace_worker.preload_modules).
@@ -130,6 +141,16 @@ def fit_terms(values: list[int], points: Sequence[tuple[int, ...]] = POINTS,
     until no traced point is under-predicted; `assign`: the assigner's own peaks at the
     points (per_object is never below their dense slope)."""
     return fit_upper_terms(values, points, assign)
+
+
+def classify_terms(values: list[int], points: Sequence[tuple[int, ...]],
+                   assign: Sequence[int] | None = None) -> Terms:
+    """A classifier's terms: the slope through its two batch points (the first two), and
+    `fixed` raised until no point is under-predicted (see the module docstring)."""
+    (b1, _), (b2, _) = points[0][:2], points[1][:2]
+    per_sample = math.ceil(Fraction(values[1] - values[0], b2 - b1))
+    fixed = max(v - per_sample * p[0] for v, p in zip(values, points, strict=True))
+    return Terms(fixed, per_sample)
 
 
 def _fit_exact(values: list[int], points: Sequence[tuple[int, ...]]
@@ -241,15 +262,14 @@ def _build_profile(key: ProfileKey, progress: Callable[[str], None] | None, comp
     results = []
     # A classifier has no labels but one class per image: its batch points carry no
     # objects, and the dense pair is one trace (per_object is 0 by construction).
-    batch_points = ((b, 0) for b, _ in BATCH_POINTS) if task == "classify" else BATCH_POINTS
+    batch_points = CLASSIFY_BATCH_POINTS if task == "classify" else BATCH_POINTS
     for i, (b, o) in enumerate(batch_points):
         if progress:
             progress(f"tracing {key.model} ({task}) imgsz={key.imgsz} amp={key.amp} "
                      f"batch={b} objects={o} ({i + 1}/{len(POINTS)})")
         results.append(trace_point(model, key, b, o, compute, expandable_segments))
     if task == "classify":
-        b = OBJECT_POINTS[0][0]
-        one = trace_point(model, key, b, 0, compute, expandable_segments)
+        one = trace_point(model, key, 1, 0, compute, expandable_segments)  # batch 1: fixed
         results += [one, dataclasses.replace(one, objects=1)]
     else:
         results += _dense_points(model, key, results, progress, compute, expandable_segments)
@@ -259,11 +279,12 @@ def _build_profile(key: ProfileKey, progress: Callable[[str], None] | None, comp
         results.append(trace_point(model, key, *MEAN_POINT, compute, expandable_segments))
     points = tuple(r.point for r in results)
     assign = [r.assign_peak for r in results] if len(results) == 5 else None
-    allocated = fit_terms([r.allocated for r in results], points, assign)
-    reserved = not_below(fit_terms([max(r.reserved, r.allocated) for r in results], points),
+    fit: Callable[..., Terms] = classify_terms if task == "classify" else fit_terms
+    allocated = fit([r.allocated for r in results], points, assign)
+    reserved = not_below(fit([max(r.reserved, r.allocated) for r in results], points),
                          allocated)
-    reserved_default = not_below(fit_terms([max(r.reserved_default, r.allocated)
-                                            for r in results], points), allocated)
+    reserved_default = not_below(fit([max(r.reserved_default, r.allocated)
+                                      for r in results], points), allocated)
     breakdown = fit_breakdown(results, points)
     seconds = time.perf_counter() - t0
     mode = "expandable_segments:True" if expandable_segments else "default allocator"
