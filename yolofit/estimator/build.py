@@ -146,7 +146,8 @@ def fit_terms(values: list[int], points: Sequence[tuple[int, ...]] = POINTS,
 def classify_terms(values: list[int], points: Sequence[tuple[int, ...]],
                    assign: Sequence[int] | None = None) -> Terms:
     """A classifier's terms: the slope through its two batch points (the first two), and
-    `fixed` raised until no point is under-predicted (see the module docstring)."""
+    `fixed` raised until no point is under-predicted (see the module docstring). `assign`
+    is unused (no assigner): the signature is fit_terms'."""
     (b1, _), (b2, _) = points[0][:2], points[1][:2]
     per_sample = math.ceil(Fraction(values[1] - values[0], b2 - b1))
     fixed = max(v - per_sample * p[0] for v, p in zip(values, points, strict=True))
