@@ -58,8 +58,11 @@ DENSE_RATIO = Fraction(5, 4)  # the largest spread of the ends' densest labels (
 
 
 def comparable(lo: Profile, hi: Profile) -> bool:
-    """Whether the two ends' trace points are close enough to interpolate between (the
-    module docstring: each end's fit error at the other's points)."""
+    """Whether two stored profiles of one configuration may be interpolated between: the
+    same task, and trace points close enough (the module docstring: each end's fit error
+    at the other's points)."""
+    if lo.task != hi.task:
+        return False
     a, b = sorted(max((int(t.get("objects", 0)) for t in p.traced_at), default=0)
                   for p in (lo, hi))
     return b <= 1 or b <= a * DENSE_RATIO

@@ -7,11 +7,10 @@ Resumable: profiles already in the output file are kept and not traced again, an
 is rewritten after every new profile, so an interrupted run loses at most one trace.
 nc is 80 for shipped keys, and 1 for the AdamW ones (`--nc 1`; classifiers also 1000):
 a class count between them is interpolated from the two (nc_interpolation.py), never
-traced. nc changes the head's
-class branch and the loss's batch x anchors x nc tensors: measured for yolov8n@640 fp16,
-per-sample bytes are 104 MB at nc=1, 120 MB at nc=80 and 292 MB at nc=1000 (~0.2 MB per
-class per sample at 640), so it is not negligible; an nc above 80 is a key of its own, traced
-once on demand.
+traced. nc changes the head's class branch and the loss's batch x anchors x nc tensors:
+measured for yolov8n@640 fp16, per-sample bytes are 104 MB at nc=1, 120 MB at nc=80 and
+292 MB at nc=1000 (~0.2 MB per class per sample at 640), so it is not negligible; a
+detection nc above 80 is a key of its own, traced once on demand.
 """
 
 from __future__ import annotations

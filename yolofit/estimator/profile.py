@@ -531,7 +531,7 @@ class ProfileStore:
         derived = self._derived.get(key.id)
         if derived is None:
             lo, hi = (self.profiles[key.replace(nc=n).id] for n in pair)
-            if lo.task != hi.task or not comparable(lo, hi):
+            if not comparable(lo, hi):
                 return None
             derived = self._derived[key.id] = between(lo, hi, key.nc)
         return derived
@@ -560,10 +560,9 @@ class ProfileStore:
         """The imgsz values with a profile (stored, or interpolated in nc) that matches `key`
         in everything else, largest first (the planner's candidates when it may reduce
         imgsz)."""
-        sizes = {s for s, n in self._siblings(key) if n == key.nc}
-        sizes |= {s for s, _ in self._siblings(key)
-                  if s not in sizes and self.get(key.replace(imgsz=s)) is not None}
-        return sorted(sizes, reverse=True)
+        sizes = {s for s, _ in self._siblings(key)}
+        return sorted((s for s in sizes if self.get(key.replace(imgsz=s)) is not None),
+                      reverse=True)
 
     def put(self, profile: Profile) -> Path:
         name = hashlib.sha256(profile.key.id.encode()).hexdigest()[:16]
